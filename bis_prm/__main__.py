@@ -1,0 +1,5 @@
+import sys
+
+from bis_prm.cli import main
+
+sys.exit(main())
