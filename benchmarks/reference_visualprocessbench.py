@@ -7,6 +7,8 @@ baseline of `bench_visualprocessbench_metric.py`; it is not used by the library.
 
 from __future__ import annotations
 
+import math
+
 from sklearn.metrics import roc_auc_score
 
 
@@ -57,7 +59,9 @@ def reference_visualprocessbench(predictions, references, data_sources, threshol
 
     try:
         auroc = float(roc_auc_score([1 if y == 1 else 0 for y in global_y], global_s)) if global_y else None
-    except ValueError:  # a single class
+    except ValueError:  # a single class (older scikit-learn)
+        auroc = None
+    if auroc is not None and math.isnan(auroc):  # a single class (scikit-learn >= 1.6 warns and returns NaN)
         auroc = None
 
     auto_search = None

@@ -61,7 +61,7 @@ Returns:
     per_source (`dict`): {source: {"macro_f1", "f1_positive", "f1_negative", "steps"}}, sources with counted steps
         only, in order of first appearance.
     auto_search (`dict` or `None`): with `threshold="auto"`, the number of candidates and the best threshold and
-        score for `micro_over_sources` and for `macro_f1_pooled`.
+        score for `micro_over_sources` and for `macro_f1_pooled` (None without counted steps: threshold 0.5).
 
 Examples:
     >>> import evaluate
@@ -213,23 +213,20 @@ def select_threshold(predictions, references, data_sources) -> float:
 
     Returns:
         `float`: the first candidate threshold (sorted unique scores rounded to 4 decimals, thinned to about 1000)
-        with the highest `micro_over_sources`; 0.5 when no step is counted.
+        with the highest `micro_over_sources`; 0.5 when no step is counted (as the reference).
 
     Example:
         >>> select_threshold([[0.9, 0.4, 0.2]], [[1, 1, -1]], ["MMMU"])
         0.4
     """
     scores, positive, codes, order, _ = _flatten(predictions, references, data_sources)
-    return _auto_search(scores, positive, codes, order)["best_threshold_micro_over_sources"]["threshold"]
+    auto_search = _auto_search(scores, positive, codes, order)
+    return 0.5 if auto_search is None else auto_search["best_threshold_micro_over_sources"]["threshold"]
 
 
-def _auto_search(scores, positive, codes, order) -> dict:
-    if len(scores) == 0:
-        return {
-            "num_candidates": 0,
-            "best_threshold_micro_over_sources": {"threshold": 0.5, "score": -1.0},
-            "best_threshold_pooled_macro": {"threshold": 0.5, "score": -1.0},
-        }
+def _auto_search(scores, positive, codes, order) -> dict | None:
+    if len(scores) == 0:  # nothing to tune on; the reference keeps its default threshold
+        return None
     candidates = _candidates(scores)
     micro, (pooled, _, _), _ = _sweep(scores, positive, codes, order, candidates)
     # argmax returns the first maximum, as the reference's strict `>` update does
@@ -271,12 +268,12 @@ def compute_visualprocessbench(predictions, references, data_sources, threshold:
         (0.6667, 0.7333)
     """
     scores, positive, codes, order, names = _flatten(predictions, references, data_sources)
-    auto_search = None
+    auto_search, threshold_source = None, "fixed"
     if isinstance(threshold, str):
         if threshold != "auto":
             raise ValueError(f'threshold must be a float or "auto", got {threshold!r}.')
-        auto_search = _auto_search(scores, positive, codes, order)
-        threshold = auto_search["best_threshold_micro_over_sources"]["threshold"]
+        auto_search, threshold_source = _auto_search(scores, positive, codes, order), "auto (same split)"
+        threshold = 0.5 if auto_search is None else auto_search["best_threshold_micro_over_sources"]["threshold"]
     elif isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise ValueError(f'threshold must be a float or "auto", got {threshold!r}.')
     threshold = float(threshold)
@@ -287,7 +284,7 @@ def compute_visualprocessbench(predictions, references, data_sources, threshold:
         "f1_positive": float(pooled[1][0]),
         "f1_negative": float(pooled[2][0]),
         "threshold": threshold,
-        "threshold_source": "fixed" if auto_search is None else "auto (same split)",
+        "threshold_source": threshold_source,
         "total_steps": len(scores),
         "auroc": _auroc(scores, positive),
         "per_source": {
