@@ -1,0 +1,33 @@
+"""`bis-prm publish-metric`: publish the visualprocessbench metric as a Hub Space."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers, name: str, help: str) -> None:
+    parser = subparsers.add_parser(
+        name,
+        help=help,
+        description=(
+            "Create a Gradio Space holding the visualprocessbench metric (script, metric card, app.py, "
+            'requirements.txt) so that anyone can `evaluate.load("<user>/<name>")` it. Needs `huggingface-cli login`.'
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--repo-id", required=True, help="The Space, <user>/<name>.")
+    parser.add_argument("--private", action="store_true", help="Create a private Space.")
+    parser.add_argument("--dry-run", metavar="DIR", default=None, help="Only write the Space's files to DIR.")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bis_prm.metrics.publish import prepare_space, publish_metric
+
+    if args.dry_run:
+        folder = prepare_space(args.repo_id, args.dry_run)
+        print(f"Wrote the Space files for {args.repo_id} to {folder}")
+        return 0
+    url = publish_metric(args.repo_id, private=args.private)
+    print(f'Published {url}; load it with evaluate.load("{args.repo_id}")')
+    return 0

@@ -1,0 +1,58 @@
+import os
+
+import huggingface_hub
+import pytest
+
+from bis_prm.cli import main
+from bis_prm.metrics import VISUALPROCESSBENCH
+from bis_prm.metrics.publish import publish_metric
+
+REPO = "me/visualprocessbench"
+
+
+def test_dry_run_writes_the_space_files(tmp_path):
+    assert main(["publish-metric", "--repo-id", "me/vpb", "--dry-run", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "app.py", "requirements.txt", "vpb.py"]
+    assert (tmp_path / "vpb.py").read_text() == open(VISUALPROCESSBENCH).read()  # evaluate fetches <name>.py
+    assert (tmp_path / "README.md").read_text().startswith("---\ntitle: VisualProcessBench\n")
+    app = (tmp_path / "app.py").read_text()
+    assert 'evaluate.load("me/vpb")' in app and "launch_gradio_widget(module)" in app
+    with pytest.raises(ValueError, match="<user>/<name>"):
+        main(["publish-metric", "--repo-id", "vpb", "--dry-run", str(tmp_path)])
+
+
+def test_publish_calls_the_hub_api(monkeypatch):
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+            return f"https://huggingface.co/spaces/{repo_id}"
+
+        def upload_folder(self, **kwargs):
+
+            calls.append(
+                ("upload_folder", kwargs["repo_id"], kwargs["repo_type"], sorted(os.listdir(kwargs["folder_path"])))
+            )
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    assert (
+        publish_metric("me/visualprocessbench", private=True) == "https://huggingface.co/spaces/me/visualprocessbench"
+    )
+    assert calls == [
+        ("init", None),
+        (
+            "create_repo",
+            "me/visualprocessbench",
+            {"repo_type": "space", "space_sdk": "gradio", "private": True, "exist_ok": True},
+        ),
+        (
+            "upload_folder",
+            "me/visualprocessbench",
+            "space",
+            ["README.md", "app.py", "requirements.txt", "visualprocessbench.py"],
+        ),
+    ]
