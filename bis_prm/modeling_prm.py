@@ -48,6 +48,7 @@ __all__ = [
     "Qwen2_5_VLForTokenClassification",
     "add_step_token",
     "load_prm",
+    "prm_lora_config",
     "prm_class_for",
     "prm_loss",
     "register_prm_architecture",
@@ -188,6 +189,7 @@ class GenericPRMForTokenClassification:
         """
         kwargs.setdefault("use_cache", False)
         kwargs.pop("num_steps", None)  # collator bookkeeping, not a model input
+        kwargs.pop("return_dict", None)  # PEFT passes it; the output is always a TokenClassifierOutput
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         logits = self.score(outputs.last_hidden_state)
         loss = prm_loss(logits, labels, num_items_in_batch) if labels is not None else None
@@ -411,3 +413,40 @@ def load_prm(
         name_or_path, head=head or "yes_no", step_token=step_token, tokenizer=tokenizer, **from_pretrained_kwargs
     )
     return model, processor
+
+
+# The language model's linear layers; the vision tower and projector stay frozen.
+_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def prm_lora_config(r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05, **kwargs):
+    """
+    A PEFT `LoraConfig` for a PRM: LoRA on the language model's projections, the `score` head fully trainable.
+
+    `task_type="TOKEN_CLS"` makes PEFT wrap the model in `PeftModelForTokenClassification`, which adds `score` to
+    `modules_to_save`; it is listed explicitly too. After training, `model.merge_and_unload()` gives back a plain PRM
+    that saves and loads like any other.
+
+    Args:
+        r (`int`, *optional*, defaults to `16`):
+            LoRA rank.
+        lora_alpha (`int`, *optional*, defaults to `32`):
+            LoRA scaling numerator.
+        lora_dropout (`float`, *optional*, defaults to `0.05`):
+            Dropout on the LoRA inputs.
+        **kwargs:
+            Other `LoraConfig` fields (e.g. `target_modules` to override the default regex).
+
+    Example:
+
+    ```python
+    >>> from peft import get_peft_model
+    >>> peft_model = get_peft_model(model, prm_lora_config(r=8))
+    >>> merged = peft_model.merge_and_unload()
+    ```
+    """
+    from peft import LoraConfig
+
+    kwargs.setdefault("target_modules", _LORA_TARGETS)
+    kwargs.setdefault("modules_to_save", ["score"])
+    return LoraConfig(task_type="TOKEN_CLS", r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, **kwargs)
