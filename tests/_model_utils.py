@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -13,6 +14,15 @@ from bis_prm.testing import make_tiny_vlm
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 _BUILT: dict[str, Path] = {}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run on one thread: for these tiny models, syncing threads on a loaded machine costs ~10x the compute."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def tiny_base(arch: str, tmp_path_factory) -> Path:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from _model_utils import rollouts, soft, step_logits, tiny_base
+from _model_utils import one_thread, rollouts, soft, step_logits, tiny_base  # noqa: F401 (one_thread is an autouse fixture)
 from peft import get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from _model_utils import image, rollouts, tiny_base
+from _model_utils import image, one_thread, rollouts, tiny_base  # noqa: F401 (one_thread is an autouse fixture)
 from PIL import Image
 from transformers import AutoProcessor
 
