@@ -156,6 +156,8 @@ class GenericPRMForTokenClassification:
     """
 
     base_model_prefix = "model"
+    # The loss divides by the Trainer's `num_items_in_batch` itself (some backbones' classes set this to False).
+    accepts_loss_kwargs = True
     # The checkpoint class this PRM is built from, e.g. `Qwen2_5_VLForConditionalGeneration`.
     base_model_class: type[PreTrainedModel]
 

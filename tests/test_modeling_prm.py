@@ -42,6 +42,9 @@ def test_load_prm_creates_prm_with_config(arch, tmp_path_factory):
     assert model.get_input_embeddings().num_embeddings > config.step_token_id
     assert model.score.weight.shape == (2, config.get_text_config().hidden_size)
     assert not model.training
+    # What the Trainer reads: count every labelled position (no causal shift) and pass `num_items_in_batch`.
+    assert model.loss_type == "ForTokenClassification"
+    assert model.accepts_loss_kwargs
 
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "internvl", "llava"])
