@@ -282,7 +282,12 @@ class GenericPRMForTokenClassification:
                 model.score.weight.normal_(0.0, getattr(config.get_text_config(), "initializer_range", 0.02))
             model.score.bias.zero_()
         if step_id >= model.get_input_embeddings().num_embeddings:
-            model.resize_token_embeddings(step_id + 1)
+            # mean_resizing samples from the embeddings' covariance: random and O(hidden^2) memory on real models
+            model.resize_token_embeddings(step_id + 1, mean_resizing=False)
+        with torch.no_grad():
+            # A deterministic start for the step token (also when it reuses a padding row of the vocabulary).
+            embeddings = model.get_input_embeddings().weight
+            embeddings[step_id] = embeddings[:step_id].mean(dim=0)
         if hasattr(base, "hf_device_map"):
             model.hf_device_map = base.hf_device_map
         model.name_or_path = base.name_or_path

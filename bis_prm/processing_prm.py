@@ -20,6 +20,8 @@ __all__ = ["PRMCollator", "load_image", "render_prompt", "step_token_id", "tile_
 
 # "<image>" / "<image1>" placeholders of the VisualPRM data; the chat template places the images itself.
 _IMAGE_PLACEHOLDER = re.compile(r"<image\d*>\s*")
+# Per-token processor outputs besides the tokenizer's own (Qwen2.5-VL marks image tokens in `mm_token_type_ids`).
+_TOKEN_TYPE_KEYS = ("token_type_ids", "mm_token_type_ids")
 
 
 def render_prompt(question: str, steps: Sequence[str], step_token: str = "<prm>") -> str:
@@ -178,6 +180,8 @@ class PRMCollator:
         self.label_field = label_field
         self.max_images = max_images
         self.image_token_id = getattr(processor, "image_token_id", None)
+        if getattr(processor, "chat_template", None) is None:
+            raise ValueError("The processor has no chat template; PRM prompts are rendered with the backbone's own.")
         if self.tokenizer.pad_token_id is None:
             raise ValueError("The tokenizer has no pad token; set `tokenizer.pad_token` before collating batches.")
 
@@ -247,12 +251,7 @@ class PRMCollator:
     def _truncate(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Keep the first `max_length` real tokens of every row and re-pad; refuse to cut image tokens."""
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"].bool()
-        seq_len = input_ids.shape[1]
-        per_token = [
-            key
-            for key, value in batch.items()
-            if torch.is_tensor(value) and value.shape[:2] == (len(input_ids), seq_len)
-        ]
+        per_token = [key for key in (*self.tokenizer.model_input_names, *_TOKEN_TYPE_KEYS) if key in batch]
         lengths = attention_mask.sum(dim=1).clamp(max=self.max_length)
         width = int(lengths.max())
         out = {key: value for key, value in batch.items() if key not in per_token}

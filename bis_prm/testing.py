@@ -165,8 +165,7 @@ def _qwen2_5_vl(tokenizer, overrides):
         video_token_id=ids["video_token"],
         vision_start_token_id=ids["vision_bos_token"],
         vision_end_token_id=ids["vision_eos_token"],
-        tie_word_embeddings=False,
-        **overrides,
+        **{"tie_word_embeddings": False, **overrides},
     )
     # 28-56 px images: a 56x56 image is 4x4 patches of 14 px, merged 2x2 -> 4 tokens.
     size = {"shortest_edge": 28 * 28, "longest_edge": 56 * 56}
@@ -210,8 +209,7 @@ def _internvl(tokenizer, overrides):
         image_seq_length=4,
         downsample_ratio=0.5,
         vision_feature_layer=-1,
-        tie_word_embeddings=False,
-        **overrides,
+        **{"tie_word_embeddings": False, **overrides},
     )
     size = {"height": image_size, "width": image_size}
     processor = InternVLProcessor(
@@ -256,8 +254,7 @@ def _llava(tokenizer, overrides):
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
-        tie_word_embeddings=False,
-        **overrides,
+        **{"tie_word_embeddings": False, **overrides},
     )
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessor(

@@ -26,9 +26,11 @@ def one_thread():
 
 
 def tiny_base(arch: str, tmp_path_factory) -> Path:
-    """Build the tiny base checkpoint of `arch` once per test session."""
+    """Build the tiny base checkpoint of `arch` once per test session; `"<arch>-tied"` ties the LM head."""
     if arch not in _BUILT:
-        _BUILT[arch] = make_tiny_vlm(arch, tmp_path_factory.mktemp(f"tiny-{arch}"))
+        name, _, tied = arch.partition("-")
+        overrides = {"tie_word_embeddings": True} if tied else {}
+        _BUILT[arch] = make_tiny_vlm(name, tmp_path_factory.mktemp(f"tiny-{arch}"), **overrides)
     return _BUILT[arch]
 
 

@@ -47,11 +47,13 @@ def test_load_prm_creates_prm_with_config(arch, tmp_path_factory):
     assert model.accepts_loss_kwargs
 
 
-@pytest.mark.parametrize("arch", ["qwen2_5_vl", "internvl", "llava"])
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen2_5_vl-tied", "internvl", "llava"])
 def test_yes_no_head_equals_restricted_lm_logits(arch, tmp_path_factory):
     base_path = tiny_base(arch, tmp_path_factory)
     model, processor = load_prm(base_path, head="yes_no")
     base = AutoModelForImageTextToText.from_pretrained(base_path).eval()
+    tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    assert tied == arch.endswith("-tied")
     base.resize_token_embeddings(model.get_input_embeddings().num_embeddings)
     base.get_input_embeddings().weight.data.copy_(model.get_input_embeddings().weight)
     batch = PRMCollator(processor)(rollouts())
