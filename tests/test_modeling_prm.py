@@ -7,6 +7,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForImageTextToText,
     AutoModelForTokenClassification,
+    AutoProcessor,
     PreTrainedTokenizerFast,
 )
 from transformers.modeling_outputs import TokenClassifierOutput
@@ -178,6 +179,14 @@ def test_save_load_round_trip(qwen_prm, tmp_path):
     assert score_steps(reloaded, reloaded_processor, rollouts()) == expected
     with pytest.raises(ValueError, match="is a PRM with head='linear', not 'yes_no'"):
         load_prm(tmp_path, head="yes_no")
+
+
+def test_load_prm_rejects_a_processor_without_the_step_token(qwen_prm, tmp_path, tmp_path_factory):
+    model, _ = qwen_prm
+    model.save_pretrained(tmp_path)
+    AutoProcessor.from_pretrained(tiny_base("qwen2_5_vl", tmp_path_factory)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="does not map the step token '<prm>' to 600"):
+        load_prm(tmp_path)
 
 
 def test_lora_merged_round_trip(tmp_path_factory, tmp_path):

@@ -156,3 +156,11 @@ def test_truncation_refuses_to_cut_images_or_every_step(qwen_processor):
     image_start = int((full["input_ids"][0] == qwen_processor.image_token_id).nonzero()[0])
     with pytest.raises(ValueError, match="cannot hold the image"):
         PRMCollator(qwen_processor, max_length=image_start + 1)(examples)
+
+
+def test_collator_rejects_step_tokens_it_did_not_place(tmp_path_factory):
+    processor = AutoProcessor.from_pretrained(tiny_base("qwen2_5_vl", tmp_path_factory))
+    add_step_token(processor.tokenizer, "<prm>")
+    processor.chat_template = "<prm>" + processor.chat_template  # a template that writes a step token itself
+    with pytest.raises(ValueError, match="Example 0: found 3 step tokens '<prm>' for 2 steps"):
+        PRMCollator(processor)(rollouts()[:1])
