@@ -8,7 +8,7 @@ from bis_prm.inference import aggregate_many, aggregate_scores, score_steps
 from bis_prm.modeling_prm import load_prm
 
 
-@pytest.fixture(scope="module", params=["qwen2_5_vl", "internvl", "llava"])
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "internvl", "llava", "qwen2_vl"])
 def prm(request, tmp_path_factory):
     torch.manual_seed(0)
     return load_prm(tiny_base(request.param, tmp_path_factory), head="linear")

@@ -5,6 +5,7 @@ from _model_utils import one_thread, rollouts, soft, step_logits, tiny_base  # n
 from peft import get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
+    AutoConfig,
     AutoModelForImageTextToText,
     AutoModelForTokenClassification,
     AutoProcessor,
@@ -15,6 +16,7 @@ from transformers.modeling_outputs import TokenClassifierOutput
 import bis_prm.modeling_prm as modeling_prm
 from bis_prm.inference import score_steps
 from bis_prm.modeling_prm import (
+    GenericPRMForTokenClassification,
     InternVLForTokenClassification,
     LlavaForTokenClassification,
     Qwen2_5_VLForTokenClassification,
@@ -32,14 +34,21 @@ CLASSES = {
 }
 
 
-@pytest.mark.parametrize("arch", ["qwen2_5_vl", "internvl", "llava"])
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "internvl", "llava", "qwen2_vl"])
 def test_load_prm_creates_prm_with_config(arch, tmp_path_factory):
     model, processor = load_prm(tiny_base(arch, tmp_path_factory), head="linear")
-    assert type(model) is CLASSES[arch]
+    if arch == "qwen2_vl":  # no explicit class: created and registered on the fly by the generic path
+        assert type(model) is modeling_prm.Qwen2VLForTokenClassification
+    else:
+        assert type(model) is CLASSES[arch]
+    assert isinstance(model, GenericPRMForTokenClassification)
     config = model.config
     assert (config.prm_head, config.step_token, config.num_labels) == ("linear", "<prm>", 2)
     assert config.step_token_id == processor.tokenizer.convert_tokens_to_ids("<prm>")
-    assert config.prm_base_architecture == CLASSES[arch].base_model_class.__name__
+    assert config.prm_base_architecture == type(model).base_model_class.__name__
+    assert (
+        config.prm_base_architecture == AutoConfig.from_pretrained(tiny_base(arch, tmp_path_factory)).architectures[0]
+    )
     assert model.get_input_embeddings().num_embeddings > config.step_token_id
     assert model.score.weight.shape == (2, config.get_text_config().hidden_size)
     assert not model.training
@@ -48,7 +57,7 @@ def test_load_prm_creates_prm_with_config(arch, tmp_path_factory):
     assert model.accepts_loss_kwargs
 
 
-@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen2_5_vl-tied", "internvl", "llava"])
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen2_5_vl-tied", "internvl", "llava", "qwen2_vl"])
 def test_yes_no_head_equals_restricted_lm_logits(arch, tmp_path_factory):
     base_path = tiny_base(arch, tmp_path_factory)
     model, processor = load_prm(base_path, head="yes_no")

@@ -13,6 +13,7 @@ ARCHES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "internvl": "InternVLForConditionalGeneration",
     "llava": "LlavaForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
 }
 
 
