@@ -332,14 +332,20 @@ def register_prm_architecture(model_type: str) -> type[PreTrainedModel]:
     'Idefics3ForTokenClassification'
     ```
     """
+    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise ValueError(
+            f"{model_type!r} is not an AutoModelForImageTextToText architecture of transformers (remote-code models "
+            "must be converted to a transformers architecture first)."
+        )
     config_class = AutoConfig.for_model(model_type).__class__
     if config_class in AutoModelForTokenClassification._model_mapping:
         registered = AutoModelForTokenClassification._model_mapping[config_class]
         if issubclass(registered, GenericPRMForTokenClassification):
             return registered
-    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-        raise ValueError(f"{model_type!r} is not an AutoModelForImageTextToText architecture.")
     base_class = AutoModelForImageTextToText._model_mapping[config_class]
+    if base_class.base_model_prefix != "model":
+        # e.g. BLIP-2 keeps its parts side by side; the PRM reads `model(...).last_hidden_state`.
+        raise ValueError(f"{base_class.__name__} does not keep its backbone under `model`; it cannot become a PRM.")
     pretrained_class = next(
         klass
         for klass in base_class.__mro__[1:]

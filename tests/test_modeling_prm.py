@@ -228,3 +228,5 @@ def test_register_any_image_text_to_text_architecture():
     assert register_prm_architecture("qwen2_5_vl") is Qwen2_5_VLForTokenClassification
     with pytest.raises(ValueError, match="'bert' is not an AutoModelForImageTextToText"):
         register_prm_architecture("bert")
+    with pytest.raises(ValueError, match="Blip2ForConditionalGeneration does not keep its backbone under `model`"):
+        register_prm_architecture("blip-2")
