@@ -209,16 +209,18 @@ class PRMCollator:
         kwargs = {"images": images} if images else {}
         batch = self.processor(text=texts, padding=True, padding_side=self.padding_side, return_tensors="pt", **kwargs)
         batch = dict(batch)
-        if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
+        truncated = batch["attention_mask"].sum(dim=1) > (self.max_length or batch["input_ids"].shape[1])
+        if truncated.any():
             batch = self._truncate(batch)
 
         is_step = batch["input_ids"] == self.step_token_id
         num_steps = is_step.sum(dim=1)
         for index, example in enumerate(examples):
-            if num_steps[index] > len(example["steps"]):
+            found, expected = int(num_steps[index]), len(example["steps"])
+            if found > expected or (found < expected and not truncated[index]):
                 raise ValueError(
-                    f"Example {index}: found {int(num_steps[index])} step tokens {self.step_token!r} for "
-                    f"{len(example['steps'])} steps; the chat template or the processor added some."
+                    f"Example {index}: found {found} step tokens {self.step_token!r} for {expected} steps; the chat "
+                    "template added some or the tokenizer merged some with the text (use a special token)."
                 )
         batch["num_steps"] = num_steps
         if step_labels is not None:

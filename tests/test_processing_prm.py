@@ -164,3 +164,11 @@ def test_collator_rejects_step_tokens_it_did_not_place(tmp_path_factory):
     processor.chat_template = "<prm>" + processor.chat_template  # a template that writes a step token itself
     with pytest.raises(ValueError, match="Example 0: found 3 step tokens '<prm>' for 2 steps"):
         PRMCollator(processor)(rollouts()[:1])
+
+
+def test_collator_rejects_step_tokens_merged_with_the_text(qwen_processor):
+    # "s" is a plain token of the tiny vocabulary: after the step "Ye" the tokenizer writes "Yes", one token.
+    with pytest.raises(ValueError, match="Example 1: found 1 step tokens 's' for 2 steps.*merged"):
+        PRMCollator(qwen_processor, step_token="s")(
+            [{"question": "What?", "steps": ["No"]}, {"question": "What?", "steps": ["Ye", "No"]}]
+        )
