@@ -172,3 +172,18 @@ def test_collator_rejects_step_tokens_merged_with_the_text(qwen_processor):
         PRMCollator(qwen_processor, step_token="s")(
             [{"question": "What?", "steps": ["No"]}, {"question": "What?", "steps": ["Ye", "No"]}]
         )
+
+
+def test_collator_reads_image_paths_like_pil_images(qwen_processor, tmp_path):
+    examples = rollouts()[:2]
+    image("red").save(tmp_path / "red.png")
+    image("blue", (56, 28)).save(tmp_path / "blue.png")
+    image("green", (28, 56)).save(tmp_path / "green.png")
+    with_paths = [
+        {**examples[0], "image": str(tmp_path / "red.png")},
+        {**examples[1], "image": [tmp_path / "blue.png", str(tmp_path / "green.png")]},
+    ]
+    from_pil, from_paths = PRMCollator(qwen_processor)(examples), PRMCollator(qwen_processor)(with_paths)
+    assert from_pil.keys() == from_paths.keys()
+    for key in from_pil:
+        assert torch.equal(from_pil[key], from_paths[key]), key
