@@ -48,6 +48,7 @@ __all__ = [
     "Qwen2_5_VLForTokenClassification",
     "add_step_token",
     "load_prm",
+    "prm_lora_config",
     "prm_class_for",
     "prm_loss",
     "register_prm_architecture",
@@ -155,6 +156,8 @@ class GenericPRMForTokenClassification:
     """
 
     base_model_prefix = "model"
+    # The loss divides by the Trainer's `num_items_in_batch` itself (some backbones' classes set this to False).
+    accepts_loss_kwargs = True
     # The checkpoint class this PRM is built from, e.g. `Qwen2_5_VLForConditionalGeneration`.
     base_model_class: type[PreTrainedModel]
 
@@ -188,6 +191,7 @@ class GenericPRMForTokenClassification:
         """
         kwargs.setdefault("use_cache", False)
         kwargs.pop("num_steps", None)  # collator bookkeeping, not a model input
+        kwargs.pop("return_dict", None)  # PEFT passes it; the output is always a TokenClassifierOutput
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         logits = self.score(outputs.last_hidden_state)
         loss = prm_loss(logits, labels, num_items_in_batch) if labels is not None else None
@@ -278,7 +282,12 @@ class GenericPRMForTokenClassification:
                 model.score.weight.normal_(0.0, getattr(config.get_text_config(), "initializer_range", 0.02))
             model.score.bias.zero_()
         if step_id >= model.get_input_embeddings().num_embeddings:
-            model.resize_token_embeddings(step_id + 1)
+            # mean_resizing samples from the embeddings' covariance: random and O(hidden^2) memory on real models
+            model.resize_token_embeddings(step_id + 1, mean_resizing=False)
+        with torch.no_grad():
+            # A deterministic start for the step token (also when it reuses a padding row of the vocabulary).
+            embeddings = model.get_input_embeddings().weight
+            embeddings[step_id] = embeddings[:step_id].mean(dim=0)
         if hasattr(base, "hf_device_map"):
             model.hf_device_map = base.hf_device_map
         model.name_or_path = base.name_or_path
@@ -323,14 +332,20 @@ def register_prm_architecture(model_type: str) -> type[PreTrainedModel]:
     'Idefics3ForTokenClassification'
     ```
     """
+    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise ValueError(
+            f"{model_type!r} is not an AutoModelForImageTextToText architecture of transformers (remote-code models "
+            "must be converted to a transformers architecture first)."
+        )
     config_class = AutoConfig.for_model(model_type).__class__
     if config_class in AutoModelForTokenClassification._model_mapping:
         registered = AutoModelForTokenClassification._model_mapping[config_class]
         if issubclass(registered, GenericPRMForTokenClassification):
             return registered
-    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-        raise ValueError(f"{model_type!r} is not an AutoModelForImageTextToText architecture.")
     base_class = AutoModelForImageTextToText._model_mapping[config_class]
+    if base_class.base_model_prefix != "model":
+        # e.g. BLIP-2 keeps its parts side by side; the PRM reads `model(...).last_hidden_state`.
+        raise ValueError(f"{base_class.__name__} does not keep its backbone under `model`; it cannot become a PRM.")
     pretrained_class = next(
         klass
         for klass in base_class.__mro__[1:]
@@ -411,3 +426,40 @@ def load_prm(
         name_or_path, head=head or "yes_no", step_token=step_token, tokenizer=tokenizer, **from_pretrained_kwargs
     )
     return model, processor
+
+
+# The language model's linear layers; the vision tower and projector stay frozen.
+_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def prm_lora_config(r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05, **kwargs):
+    """
+    A PEFT `LoraConfig` for a PRM: LoRA on the language model's projections, the `score` head fully trainable.
+
+    `task_type="TOKEN_CLS"` makes PEFT wrap the model in `PeftModelForTokenClassification`, which adds `score` to
+    `modules_to_save`; it is listed explicitly too. After training, `model.merge_and_unload()` gives back a plain PRM
+    that saves and loads like any other.
+
+    Args:
+        r (`int`, *optional*, defaults to `16`):
+            LoRA rank.
+        lora_alpha (`int`, *optional*, defaults to `32`):
+            LoRA scaling numerator.
+        lora_dropout (`float`, *optional*, defaults to `0.05`):
+            Dropout on the LoRA inputs.
+        **kwargs:
+            Other `LoraConfig` fields (e.g. `target_modules` to override the default regex).
+
+    Example:
+
+    ```python
+    >>> from peft import get_peft_model
+    >>> peft_model = get_peft_model(model, prm_lora_config(r=8))
+    >>> merged = peft_model.merge_and_unload()
+    ```
+    """
+    from peft import LoraConfig
+
+    kwargs.setdefault("target_modules", _LORA_TARGETS)
+    kwargs.setdefault("modules_to_save", ["score"])
+    return LoraConfig(task_type="TOKEN_CLS", r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, **kwargs)

@@ -20,6 +20,8 @@ __all__ = ["PRMCollator", "load_image", "render_prompt", "step_token_id", "tile_
 
 # "<image>" / "<image1>" placeholders of the VisualPRM data; the chat template places the images itself.
 _IMAGE_PLACEHOLDER = re.compile(r"<image\d*>\s*")
+# Per-token processor outputs besides the tokenizer's own (Qwen2.5-VL marks image tokens in `mm_token_type_ids`).
+_TOKEN_TYPE_KEYS = ("token_type_ids", "mm_token_type_ids")
 
 
 def render_prompt(question: str, steps: Sequence[str], step_token: str = "<prm>") -> str:
@@ -178,6 +180,8 @@ class PRMCollator:
         self.label_field = label_field
         self.max_images = max_images
         self.image_token_id = getattr(processor, "image_token_id", None)
+        if getattr(processor, "chat_template", None) is None:
+            raise ValueError("The processor has no chat template; PRM prompts are rendered with the backbone's own.")
         if self.tokenizer.pad_token_id is None:
             raise ValueError("The tokenizer has no pad token; set `tokenizer.pad_token` before collating batches.")
 
@@ -205,16 +209,18 @@ class PRMCollator:
         kwargs = {"images": images} if images else {}
         batch = self.processor(text=texts, padding=True, padding_side=self.padding_side, return_tensors="pt", **kwargs)
         batch = dict(batch)
-        if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
+        truncated = batch["attention_mask"].sum(dim=1) > (self.max_length or batch["input_ids"].shape[1])
+        if truncated.any():
             batch = self._truncate(batch)
 
         is_step = batch["input_ids"] == self.step_token_id
         num_steps = is_step.sum(dim=1)
         for index, example in enumerate(examples):
-            if num_steps[index] > len(example["steps"]):
+            found, expected = int(num_steps[index]), len(example["steps"])
+            if found > expected or (found < expected and not truncated[index]):
                 raise ValueError(
-                    f"Example {index}: found {int(num_steps[index])} step tokens {self.step_token!r} for "
-                    f"{len(example['steps'])} steps; the chat template or the processor added some."
+                    f"Example {index}: found {found} step tokens {self.step_token!r} for {expected} steps; the chat "
+                    "template added some or the tokenizer merged some with the text (use a special token)."
                 )
         batch["num_steps"] = num_steps
         if step_labels is not None:
@@ -247,12 +253,7 @@ class PRMCollator:
     def _truncate(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Keep the first `max_length` real tokens of every row and re-pad; refuse to cut image tokens."""
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"].bool()
-        seq_len = input_ids.shape[1]
-        per_token = [
-            key
-            for key, value in batch.items()
-            if torch.is_tensor(value) and value.shape[:2] == (len(input_ids), seq_len)
-        ]
+        per_token = [key for key in (*self.tokenizer.model_input_names, *_TOKEN_TYPE_KEYS) if key in batch]
         lengths = attention_mask.sum(dim=1).clamp(max=self.max_length)
         width = int(lengths.max())
         out = {key: value for key, value in batch.items() if key not in per_token}

@@ -17,7 +17,7 @@ from transformers import AutoModelForImageTextToText, PreTrainedTokenizerFast
 
 __all__ = ["TINY_ARCHITECTURES", "make_tiny_vlm", "tiny_tokenizer"]
 
-TINY_ARCHITECTURES = ("qwen2_5_vl", "internvl", "llava")
+TINY_ARCHITECTURES = ("qwen2_5_vl", "internvl", "llava", "qwen2_vl")
 
 _HIDDEN = 64
 _VISION_HIDDEN = 32
@@ -67,6 +67,7 @@ _SPECIAL_TOKENS = {
     ),
     "llava": ({"image_token": "<image>"}, "<image>\n"),
 }
+_SPECIAL_TOKENS["qwen2_vl"] = _SPECIAL_TOKENS["qwen2_5_vl"]
 
 _CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -129,30 +130,37 @@ def tiny_tokenizer(arch: str = "qwen2_5_vl", vocab_size: int = 600) -> PreTraine
     return tokenizer
 
 
-def _qwen2_5_vl(tokenizer, overrides):
+def _text_config(tokenizer, **extra) -> dict:
+    """A 2-layer, 64-wide decoder shared by every tiny backbone."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": _HIDDEN,
+        "intermediate_size": 2 * _HIDDEN,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "bos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        **extra,
+    }
+
+
+def _qwen_vl(arch, tokenizer, overrides):
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLProcessor,
+        Qwen2VLConfig,
         Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
         Qwen2VLVideoProcessor,
     )
 
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _SPECIAL_TOKENS["qwen2_5_vl"][0].items()}
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": _HIDDEN,
-            "intermediate_size": 2 * _HIDDEN,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 1024,
-            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-            "bos_token_id": tokenizer.eos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-        },
-        vision_config={
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _SPECIAL_TOKENS[arch][0].items()}
+    if arch == "qwen2_5_vl":
+        config_class, processor_class = Qwen2_5_VLConfig, Qwen2_5_VLProcessor
+        vision_config = {
             "depth": 1,
             "hidden_size": _VISION_HIDDEN,
             "intermediate_size": 2 * _VISION_HIDDEN,
@@ -160,17 +168,30 @@ def _qwen2_5_vl(tokenizer, overrides):
             "out_hidden_size": _HIDDEN,
             "fullatt_block_indexes": [0],
             "window_size": 56,
-        },
+        }
+    else:
+        config_class, processor_class = Qwen2VLConfig, Qwen2VLProcessor
+        vision_config = {
+            "depth": 1,
+            "embed_dim": _VISION_HIDDEN,
+            "hidden_size": _HIDDEN,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+        }
+    # head_dim 16: the multimodal rotary sections (temporal, height, width) split its 8 frequencies.
+    rope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
+    config = config_class(
+        text_config=_text_config(tokenizer, rope_parameters=rope),
+        vision_config=vision_config,
         image_token_id=ids["image_token"],
         video_token_id=ids["video_token"],
         vision_start_token_id=ids["vision_bos_token"],
         vision_end_token_id=ids["vision_eos_token"],
-        tie_word_embeddings=False,
-        **overrides,
+        **{"tie_word_embeddings": False, **overrides},
     )
     # 28-56 px images: a 56x56 image is 4x4 patches of 14 px, merged 2x2 -> 4 tokens.
     size = {"shortest_edge": 28 * 28, "longest_edge": 56 * 56}
-    processor = Qwen2_5_VLProcessor(
+    processor = processor_class(
         image_processor=Qwen2VLImageProcessor(size=size),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(size=size),
@@ -179,25 +200,12 @@ def _qwen2_5_vl(tokenizer, overrides):
     return config, processor
 
 
-def _internvl(tokenizer, overrides):
+def _internvl(arch, tokenizer, overrides):
     from transformers import GotOcr2ImageProcessor, InternVLConfig, InternVLProcessor, InternVLVideoProcessor
 
     image_size, patch_size = 28, 7  # 4x4 patches, pixel-shuffled by 0.5 -> 4 tokens per tile
     config = InternVLConfig(
-        text_config={
-            "model_type": "qwen2",
-            "vocab_size": len(tokenizer),
-            "hidden_size": _HIDDEN,
-            "intermediate_size": 2 * _HIDDEN,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 1024,
-            "bos_token_id": tokenizer.eos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-            "tie_word_embeddings": False,
-        },
+        text_config=_text_config(tokenizer, model_type="qwen2", tie_word_embeddings=False),
         vision_config={
             "hidden_size": _VISION_HIDDEN,
             "intermediate_size": 2 * _VISION_HIDDEN,
@@ -210,8 +218,7 @@ def _internvl(tokenizer, overrides):
         image_seq_length=4,
         downsample_ratio=0.5,
         vision_feature_layer=-1,
-        tie_word_embeddings=False,
-        **overrides,
+        **{"tie_word_embeddings": False, **overrides},
     )
     size = {"height": image_size, "width": image_size}
     processor = InternVLProcessor(
@@ -224,25 +231,12 @@ def _internvl(tokenizer, overrides):
     return config, processor
 
 
-def _llava(tokenizer, overrides):
+def _llava(arch, tokenizer, overrides):
     from transformers import CLIPImageProcessor, LlavaConfig, LlavaProcessor
 
     image_size, patch_size = 28, 14  # 2x2 patches + CLS, the CLS dropped by the "default" strategy -> 4 tokens
     config = LlavaConfig(
-        text_config={
-            "model_type": "qwen2",
-            "vocab_size": len(tokenizer),
-            "hidden_size": _HIDDEN,
-            "intermediate_size": 2 * _HIDDEN,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 1024,
-            "bos_token_id": tokenizer.eos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-            "tie_word_embeddings": False,
-        },
+        text_config=_text_config(tokenizer, model_type="qwen2", tie_word_embeddings=False),
         vision_config={
             "model_type": "clip_vision_model",
             "hidden_size": _VISION_HIDDEN,
@@ -256,8 +250,7 @@ def _llava(tokenizer, overrides):
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
-        tie_word_embeddings=False,
-        **overrides,
+        **{"tie_word_embeddings": False, **overrides},
     )
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessor(
@@ -272,7 +265,7 @@ def _llava(tokenizer, overrides):
     return config, processor
 
 
-_BUILDERS = {"qwen2_5_vl": _qwen2_5_vl, "internvl": _internvl, "llava": _llava}
+_BUILDERS = {"qwen2_5_vl": _qwen_vl, "qwen2_vl": _qwen_vl, "internvl": _internvl, "llava": _llava}
 
 
 def make_tiny_vlm(arch: str, path: str | os.PathLike, seed: int = 0, **overrides) -> Path:
@@ -282,7 +275,8 @@ def make_tiny_vlm(arch: str, path: str | os.PathLike, seed: int = 0, **overrides
     Args:
         arch (`str`):
             `"qwen2_5_vl"` (`Qwen2_5_VLForConditionalGeneration`), `"internvl"` (`InternVLForConditionalGeneration`,
-            the InternVL3-hf layout) or `"llava"` (`LlavaForConditionalGeneration`).
+            the InternVL3-hf layout), `"llava"` (`LlavaForConditionalGeneration`) or `"qwen2_vl"`
+            (`Qwen2VLForConditionalGeneration`, which has no explicit PRM class: it exercises the generic path).
         path (`str` or `os.PathLike`):
             Output directory (created if needed).
         seed (`int`, *optional*, defaults to `0`):
@@ -306,7 +300,7 @@ def make_tiny_vlm(arch: str, path: str | os.PathLike, seed: int = 0, **overrides
         raise ValueError(f"Unknown tiny architecture {arch!r}; choose one of {TINY_ARCHITECTURES}.")
     path = Path(path)
     tokenizer = tiny_tokenizer(arch)
-    config, processor = _BUILDERS[arch](tokenizer, overrides)
+    config, processor = _BUILDERS[arch](arch, tokenizer, overrides)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
