@@ -18,7 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-PRM_COLUMNS = ("image", "question", "steps", "labels", "mc_scores", "p_pos", "reliability", "bis", "is_mixed", "source")
+PRM_COLUMNS = (
+    "image", "question", "steps", "labels", "mc_scores", "p_pos", "reliability", "bis", "is_mixed", "source"
+)  # fmt: skip
 FORMATS = ("hf", "internvl")
 
 
@@ -39,9 +41,7 @@ def _prm_batch(batch: pa.Table, image_root: str | None) -> pa.Table:
     return pa.table(columns)
 
 
-def to_prm_format(
-    ds: datasets.Dataset, image_root: str | os.PathLike | None = None, **map_kwargs
-) -> datasets.Dataset:
+def to_prm_format(ds: datasets.Dataset, image_root: str | os.PathLike | None = None, **map_kwargs) -> datasets.Dataset:
     """
     Convert scored rollouts to the HF PRM format the trainer reads.
 
@@ -98,7 +98,8 @@ def write_internvl_jsonl(ds: datasets.Dataset, path: str | os.PathLike) -> None:
     columns = ["image", "image_is_list", "question", "question_orig", "steps", "labels"]
     with open(path, "w", encoding="utf-8") as f:
         for batch in ds.select_columns(columns).iter(batch_size=1000):
-            for row in (dict(zip(columns, values)) for values in zip(*(batch[c] for c in columns))):
+            for i in range(len(batch["image"])):
+                row = {name: batch[name][i] for name in columns}
                 f.write(json.dumps(internvl_record(row), ensure_ascii=False) + "\n")
 
 

@@ -46,7 +46,8 @@ def _groups(ds: datasets.Dataset, by: str | None) -> list[tuple[str, np.ndarray]
     order = np.argsort(codes, kind="stable")
     bounds = np.cumsum(np.bincount(codes, minlength=len(names)))[:-1]
     members = np.split(order, bounds)
-    return sorted(((str(name), rows) for name, rows in zip(names, members)), key=lambda group: group[1][0])
+    # dictionary codes are assigned in order of first appearance
+    return [(str(name), rows) for name, rows in zip(names, members, strict=True)]
 
 
 def _mean_mc(mc_scores: pa.ChunkedArray) -> np.ndarray:
@@ -188,7 +189,11 @@ def _mixture_stats(table: pa.Table) -> dict[str, float | int]:
     p_pos = table.column("p_pos").to_numpy(zero_copy_only=False)
     valid = np.isfinite(p_pos)
     labels = pc.list_flatten(table.column("labels").combine_chunks()).to_numpy(zero_copy_only=False)
-    mean = lambda name: float(np.mean(table.column(name).to_numpy(zero_copy_only=False)[valid])) if valid.any() else 0.0  # noqa: E731
+
+    def mean(name: str) -> float:
+        values = table.column(name).to_numpy(zero_copy_only=False)[valid]
+        return float(values.mean()) if len(values) else 0.0
+
     return {
         "rollouts": int(valid.sum()),
         "share_mixed": mean("is_mixed"),
