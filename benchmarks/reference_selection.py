@@ -76,3 +76,19 @@ def reference_select(annotations_dir: str | Path, output: str | Path, ratio: flo
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
                     written += 1
     return written
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Plain JSON-lines BIS selection (the paper's reference behaviour).")
+    parser.add_argument("--annotations-dir", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--ratio", type=float, default=0.1)
+    parser.add_argument("--alpha", type=float, default=0.2)
+    args = parser.parse_args()
+    print(f"wrote {reference_select(args.annotations_dir, args.output, args.ratio, args.alpha)} rollouts")
+
+
+if __name__ == "__main__":
+    main()
