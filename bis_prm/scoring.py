@@ -118,5 +118,13 @@ def score_rollouts(ds: datasets.Dataset, tau: float = 0.0, alpha: float = 0.2, *
     [0.225, 0.2]
     """
     map_kwargs = {"batched": True, "batch_size": 10_000, "desc": "Scoring rollouts", **map_kwargs}
-    scored = ds.with_format("arrow").map(score_batch, fn_kwargs={"tau": tau, "alpha": alpha}, **map_kwargs)
+    inputs = [name for name in ("mc_scores", "invalid_reason") if name in ds.column_names]
+    # map over the score inputs only, then attach the new columns: the other (large text) columns are not copied
+    scores = (
+        ds.select_columns(inputs)
+        .with_format("arrow")
+        .map(score_batch, fn_kwargs={"tau": tau, "alpha": alpha}, **map_kwargs)
+    )
+    base = ds.remove_columns([name for name in SCORE_COLUMNS if name in ds.column_names])
+    scored = datasets.concatenate_datasets([base, scores.remove_columns(inputs).with_format(None)], axis=1)
     return scored.with_format(ds.format["type"], **ds.format["format_kwargs"])

@@ -22,17 +22,20 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
-from datasets.table import InMemoryTable
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import datasets
 
 INVALID_REASONS = ("broken_json", "missing_image", "no_steps", "blank_step", "missing_score", "score_out_of_range")
 
@@ -56,6 +59,7 @@ _STEP_TYPE = pa.struct([("step", pa.string()), ("score", pa.float64())])
 _TEXT_FIELDS = ("question", "question_orig", "answer")
 # rows per pyarrow parse attempt once a whole file was rejected: small enough that one bad line costs little
 _FALLBACK_CHUNK_LINES = 1000
+_LIST_IMAGE = re.compile(rb'"image"\s*:\s*\[')
 # large enough that a single long rollout never straddles two blocks
 _BLOCK_SIZE = 16 << 20
 
@@ -147,11 +151,11 @@ def _python_to_columns(lines: list[bytes]) -> dict[str, pa.Array]:
     return {name: pa.array(values, type=types.get(name)) for name, values in out.items()}
 
 
-def _parse_block(data: bytes) -> dict[str, pa.Array] | None:
+def _parse_block(data: bytes, image_is_list: bool | None = None) -> dict[str, pa.Array] | None:
     """Columns of a block of JSON lines with the C++ reader, or None when it rejects the block."""
     read_options = pa_json.ReadOptions(block_size=_BLOCK_SIZE)
-    for image_is_list in (False, True):
-        image_type = pa.list_(pa.string()) if image_is_list else pa.string()
+    for is_list in (False, True) if image_is_list is None else (image_is_list,):
+        image_type = pa.list_(pa.string()) if is_list else pa.string()
         parse_options = pa_json.ParseOptions(
             explicit_schema=_raw_schema(image_type), unexpected_field_behavior="ignore"
         )
@@ -159,8 +163,53 @@ def _parse_block(data: bytes) -> dict[str, pa.Array] | None:
             raw = pa_json.read_json(pa.BufferReader(data), read_options=read_options, parse_options=parse_options)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
-        return _arrow_to_columns(raw, image_is_list)
+        return _arrow_to_columns(raw, is_list)
     return None
+
+
+def _parse_mixed_images(lines: list[bytes]) -> dict[str, pa.Array] | None:
+    """Parse lines whose `image` is a str in some rows and a list in others: one C++ parse per kind, re-interleaved.
+
+    The kind is guessed from the bytes; a wrong guess makes that parse fail and the caller falls back.
+    """
+    is_list = np.array([_LIST_IMAGE.search(line) is not None for line in lines], dtype=bool)
+    parts, order = [], []
+    for kind in (False, True):
+        rows = np.flatnonzero(is_list == kind)
+        if len(rows) == 0:
+            continue
+        part = _parse_block(b"\n".join(lines[i] for i in rows), image_is_list=kind)
+        if part is None or len(part["_broken"]) != len(rows):
+            return None
+        parts.append(part)
+        order.append(rows)
+    inverse = pa.array(np.argsort(np.concatenate(order), kind="stable"))
+    return {name: pa.concat_arrays([part[name] for part in parts]).take(inverse) for name in parts[0]}
+
+
+def _parse_lines(lines: list[bytes]) -> dict[str, pa.Array]:
+    """Columns of non-blank lines that the whole-file parse rejected: C++ parses where possible (all lines, else per
+    chunk), Python line by line for the chunks that still fail."""
+    columns = _parse_mixed_images(lines) if lines else None
+    if columns is not None:
+        return columns
+    parts = []
+    for start in range(0, len(lines), _FALLBACK_CHUNK_LINES):
+        chunk = lines[start : start + _FALLBACK_CHUNK_LINES]
+        parts.append(_parse_mixed_images(chunk) or _python_to_columns(chunk))
+    if not parts:
+        return _python_to_columns([])
+    return {name: pa.concat_arrays([part[name] for part in parts]) for name in parts[0]}
+
+
+def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end offsets of the lines of `data` (a final newline does not open an extra line)."""
+    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+    starts = np.concatenate(([0], newlines + 1))
+    ends = np.concatenate((newlines, [len(data)]))
+    if starts[-1] == len(data):
+        starts, ends = starts[:-1], ends[:-1]
+    return starts, ends
 
 
 def _invalid_reasons(columns: dict[str, pa.Array]) -> pa.Array:
@@ -209,27 +258,22 @@ def read_annotation_file(path: str | os.PathLike) -> pa.Table:
     """
     path = Path(path)
     data = path.read_bytes()
-    lines = data.split(b"\n")
-    if lines and not lines[-1]:
-        lines.pop()
-    line_index = [i for i, line in enumerate(lines) if line.strip()]
+    starts, ends = _line_bounds(data)
+    # JSON lines start with "{"; only the others need a closer look for blankness
+    first = np.frombuffer(data, dtype=np.uint8)[starts[ends > starts]] if len(data) else np.zeros(0, np.uint8)
+    maybe_blank = np.ones(len(starts), dtype=bool)
+    maybe_blank[ends > starts] = first != ord("{")
+    blank = np.zeros(len(starts), dtype=bool)
+    blank[maybe_blank] = [not data[s:e].strip() for s, e in zip(starts[maybe_blank], ends[maybe_blank], strict=True)]
+    line_index = np.flatnonzero(~blank)
     columns = _parse_block(data)
     if columns is None or len(columns["_broken"]) != len(line_index):
-        parts = []
-        for start in range(0, len(line_index), _FALLBACK_CHUNK_LINES):
-            chunk = [lines[i] for i in line_index[start : start + _FALLBACK_CHUNK_LINES]]
-            part = _parse_block(b"\n".join(chunk))
-            if part is None or len(part["_broken"]) != len(chunk):
-                part = _python_to_columns(chunk)
-            parts.append(part)
-        columns = {name: pa.concat_arrays([part[name] for part in parts]) for name in parts[0]} if parts else None
-        if columns is None:
-            columns = _python_to_columns([])
+        columns = _parse_lines([data[starts[i] : ends[i]] for i in line_index])
     n = len(line_index)
     columns["invalid_reason"] = _invalid_reasons(columns)
     columns["source"] = pa.array([path.stem] * n, type=pa.string())
     columns["line"] = pa.array(line_index, type=pa.int64())
-    columns["file_lines"] = pa.array(np.full(n, len(lines), dtype=np.int64))
+    columns["file_lines"] = pa.array(np.full(n, len(starts), dtype=np.int64))
     return pa.Table.from_arrays([columns[field.name] for field in ROLLOUT_SCHEMA], schema=ROLLOUT_SCHEMA)
 
 
@@ -258,6 +302,8 @@ def _locate_annotations(root: Path) -> Path:
 
 def _extract_once(archives: Iterable[Path], key: str, cache_dir: str | os.PathLike | None) -> Path:
     """Unzip `archives` into one folder of the cache, once (a marker file records a complete extraction)."""
+    import datasets
+
     cache_dir = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "bis_prm" / "visualprm400k"
     target = cache_dir / hashlib.sha256(key.encode()).hexdigest()[:16]
     marker = target / ".extracted"
@@ -388,5 +434,9 @@ def load_visualprm400k(
     >>> ds[0]["source"], ds[0]["steps"][:1]
     ('ai2d', ['Step 1: ...'])
     """
+    # imported here so that the file-reading worker processes start without `datasets`
+    import datasets
+    from datasets.table import InMemoryTable
+
     annotations_dir, _ = resolve_visualprm400k(path_or_repo, revision=revision, cache_dir=cache_dir)
     return datasets.Dataset(InMemoryTable(read_annotations(annotations_dir, num_proc=num_proc)))
