@@ -148,7 +148,8 @@ def _python_to_columns(lines: list[bytes]) -> dict[str, pa.Array]:
         out["mc_scores"].append([_as_score(step.get("score")) for step in steps])
         out["_broken"].append(broken)
     types = {"image": pa.list_(pa.string()), "steps": pa.list_(pa.string()), "mc_scores": pa.list_(pa.float64())}
-    return {name: pa.array(values, type=types.get(name)) for name, values in out.items()}
+    types.update({"image_is_list": pa.bool_(), "_broken": pa.bool_()})
+    return {name: pa.array(values, type=types.get(name, pa.string())) for name, values in out.items()}
 
 
 def _parse_block(data: bytes, image_is_list: bool | None = None) -> dict[str, pa.Array] | None:

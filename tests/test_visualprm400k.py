@@ -74,3 +74,14 @@ def test_missing_directory_and_no_jsonl_are_clear_errors(tmp_path):
         load_visualprm400k(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a corpus"):
         load_visualprm400k(tmp_path / "missing" / "dir")
+
+
+def test_empty_blank_only_and_crlf_files(tmp_path):
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "blanks.jsonl").write_bytes(b"\n \n\t\n")
+    rollout = b'{"image": "a.png", "steps_with_score": [{"step": "x", "score": 0.5}]}'
+    (tmp_path / "crlf.jsonl").write_bytes(rollout + b"\r\n\r\n" + rollout)
+    assert read_annotation_file(tmp_path / "empty.jsonl").num_rows == 0
+    assert read_annotation_file(tmp_path / "blanks.jsonl").num_rows == 0
+    table = read_annotation_file(tmp_path / "crlf.jsonl")
+    assert table.column("line").to_pylist() == [0, 2] and table.column("invalid_reason").to_pylist() == ["", ""]
