@@ -43,6 +43,9 @@ def add_parser(subparsers, name: str, help: str) -> None:
     corpus.add_argument("--annotations-dir", help="Local corpus: annotations directory, corpus root, or zip.")
     corpus.add_argument("--dataset", help="Hub dataset repo id, e.g. OpenGVLab/VisualPRM400K-v1.1-Raw.")
     parser.add_argument("--revision", default=None, help="Hub revision of --dataset (branch, tag or commit).")
+    parser.add_argument(
+        "--download-images", action="store_true", help="With --dataset: also fetch and unzip images.zip (large)."
+    )
     parser.add_argument("--method", choices=METHODS, default="bis", help="Selection method (default: bis).")
     parser.add_argument("--ratio", type=float, default=0.1, help="Fraction kept per source (default: 0.1).")
     parser.add_argument("--alpha", type=float, default=0.2, help="BIS smoothing term alpha (default: 0.2).")
@@ -99,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
     if args.annotations_dir and not os.path.exists(args.annotations_dir):
         return _error(f"annotations directory not found: {args.annotations_dir}")
     try:
-        annotations_dir, root = resolve_visualprm400k(args.annotations_dir or args.dataset, revision=args.revision)
+        annotations_dir, root = resolve_visualprm400k(
+            args.annotations_dir or args.dataset, revision=args.revision, download_images=args.download_images
+        )
         table = read_annotations(annotations_dir, num_proc=args.num_proc)
     except (OSError, ValueError) as err:
         return _error(str(err))
