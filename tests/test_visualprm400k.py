@@ -85,3 +85,22 @@ def test_empty_blank_only_and_crlf_files(tmp_path):
     assert read_annotation_file(tmp_path / "blanks.jsonl").num_rows == 0
     table = read_annotation_file(tmp_path / "crlf.jsonl")
     assert table.column("line").to_pylist() == [0, 2] and table.column("invalid_reason").to_pylist() == ["", ""]
+
+
+def test_hub_repo_id_downloads_annotations_zip(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    make_corpus(tmp_path / "corpus", num_sources=1, rollouts_per_source=3)
+    snapshot = tmp_path / "snapshots" / ("c" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.make_archive(str(snapshot / "annotations"), "zip", tmp_path / "corpus")
+    calls = []
+
+    def fake_download(repo_id, filename, repo_type, revision, cache_dir):
+        calls.append((repo_id, filename, repo_type, revision))
+        return str(snapshot / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    ds = load_visualprm400k("OpenGVLab/VisualPRM400K-v1.1-Raw", revision="v1", cache_dir=tmp_path / "cache")
+    assert calls == [("OpenGVLab/VisualPRM400K-v1.1-Raw", "annotations.zip", "dataset", "v1")]
+    assert len(ds) == 3 and ds["source"] == ["source_00"] * 3
