@@ -96,11 +96,10 @@ def internvl_record(row: dict) -> dict:
 def write_internvl_jsonl(ds: datasets.Dataset, path: str | os.PathLike) -> None:
     """Write scored rollouts as InternVL conversation JSONL, one `json.dumps(..., ensure_ascii=False)` per line."""
     columns = ["image", "image_is_list", "question", "question_orig", "steps", "labels"]
+    table = ds.select_columns(columns).with_format("arrow")[:]  # one gather when `ds` is a selection
     with open(path, "w", encoding="utf-8") as f:
-        for batch in ds.select_columns(columns).iter(batch_size=1000):
-            for i in range(len(batch["image"])):
-                row = {name: batch[name][i] for name in columns}
-                f.write(json.dumps(internvl_record(row), ensure_ascii=False) + "\n")
+        for batch in table.to_batches(max_chunksize=1000):
+            f.writelines(json.dumps(internvl_record(row), ensure_ascii=False) + "\n" for row in batch.to_pylist())
 
 
 def write_subset(

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from .formats import to_prm_format
 from .scoring import bis_from_stats, score_rollouts
-from .visualprm400k import INVALID_REASONS, read_annotations, resolve_visualprm400k
+from .visualprm400k import INVALID_REASONS, annotations_to_dataset, resolve_visualprm400k
 
 METHODS = ("bis", "random", "mixed", "reliable", "low_mc", "full")
 
@@ -302,7 +302,7 @@ def build_subset(
     True
     """
     annotations_dir, root = resolve_visualprm400k(path_or_repo, revision=revision)
-    ds = datasets.Dataset(datasets.table.InMemoryTable(read_annotations(annotations_dir, num_proc, progress)))
+    ds = annotations_to_dataset(annotations_dir, num_proc=num_proc, progress=progress)
     scored = score_rollouts(ds, tau=tau, alpha=alpha)
     subset = select_subset(scored, method=method, ratio=ratio, alpha=alpha, seed=seed)
     params = {"corpus": str(path_or_repo), "revision": revision, "method": method, "ratio": ratio}

@@ -59,9 +59,11 @@ _STEP_TYPE = pa.struct([("step", pa.string()), ("score", pa.float64())])
 _TEXT_FIELDS = ("question", "question_orig", "answer")
 # rows per pyarrow parse attempt once a whole file was rejected: small enough that one bad line costs little
 _FALLBACK_CHUNK_LINES = 1000
+# a character that Python's `str.strip` keeps (the reference code drops steps that strip to "")
+_NON_SPACE = r"[^\s\x0b\x1c-\x1f\x85\p{Z}]"
 _LIST_IMAGE = re.compile(rb'"image"\s*:\s*\[')
-# large enough that a single long rollout never straddles two blocks
-_BLOCK_SIZE = 16 << 20
+# blocks are parsed in parallel; a rollout longer than a block makes the parse fail and fall back
+_BLOCK_SIZE = 4 << 20
 
 
 def _raw_schema(image_type: pa.DataType) -> pa.Schema:
@@ -203,14 +205,21 @@ def _parse_lines(lines: list[bytes]) -> dict[str, pa.Array]:
     return {name: pa.concat_arrays([part[name] for part in parts]) for name in parts[0]}
 
 
-def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end offsets of the lines of `data` (a final newline does not open an extra line)."""
-    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
-    starts = np.concatenate(([0], newlines + 1))
-    ends = np.concatenate((newlines, [len(data)]))
-    if starts[-1] == len(data):
-        starts, ends = starts[:-1], ends[:-1]
-    return starts, ends
+def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start and end offsets of every line of `data` (a final newline opens no extra line) and the indices of the
+    non-blank ones."""
+    starts, ends, non_blank = [], [], []
+    position, size = 0, len(data)
+    while position < size:
+        end = data.find(b"\n", position)
+        end = size if end < 0 else end
+        # JSON lines start with "{"; only the others need a closer look
+        if data.startswith(b"{", position) or data[position:end].strip():
+            non_blank.append(len(starts))
+        starts.append(position)
+        ends.append(end)
+        position = end + 1
+    return np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64), np.array(non_blank, dtype=np.int64)
 
 
 def _invalid_reasons(columns: dict[str, pa.Array]) -> pa.Array:
@@ -218,7 +227,8 @@ def _invalid_reasons(columns: dict[str, pa.Array]) -> pa.Array:
     image_lengths, flat_images = _list_parts(columns["image"])
     empty_image = pc.equal(pc.fill_null(flat_images, ""), "").to_numpy(zero_copy_only=False)
     step_lengths, flat_steps = _list_parts(columns["steps"])
-    blank = pc.equal(pc.utf8_trim_whitespace(pc.fill_null(flat_steps, "")), "").to_numpy(zero_copy_only=False)
+    has_text = pc.match_substring_regex(pc.fill_null(flat_steps, ""), _NON_SPACE)
+    blank = pc.invert(has_text).to_numpy(zero_copy_only=False)
     _, flat_scores = _list_parts(columns["mc_scores"])
     scores = flat_scores.to_numpy(zero_copy_only=False)
     missing = ~np.isfinite(scores)
@@ -259,14 +269,7 @@ def read_annotation_file(path: str | os.PathLike) -> pa.Table:
     """
     path = Path(path)
     data = path.read_bytes()
-    starts, ends = _line_bounds(data)
-    # JSON lines start with "{"; only the others need a closer look for blankness
-    first = np.frombuffer(data, dtype=np.uint8)[starts[ends > starts]] if len(data) else np.zeros(0, np.uint8)
-    maybe_blank = np.ones(len(starts), dtype=bool)
-    maybe_blank[ends > starts] = first != ord("{")
-    blank = np.zeros(len(starts), dtype=bool)
-    blank[maybe_blank] = [not data[s:e].strip() for s, e in zip(starts[maybe_blank], ends[maybe_blank], strict=True)]
-    line_index = np.flatnonzero(~blank)
+    starts, ends, line_index = _line_bounds(data)
     columns = _parse_block(data)
     if columns is None or len(columns["_broken"]) != len(line_index):
         columns = _parse_lines([data[starts[i] : ends[i]] for i in line_index])
@@ -303,6 +306,7 @@ def _locate_annotations(root: Path) -> Path:
 
 def _extract_once(archives: Iterable[Path], key: str, cache_dir: str | os.PathLike | None) -> Path:
     """Unzip `archives` into one folder of the cache, once (a marker file records a complete extraction)."""
+    # imported here (and below) so that the file-reading worker processes start without `datasets`
     import datasets
 
     cache_dir = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "bis_prm" / "visualprm400k"
@@ -371,6 +375,24 @@ def resolve_visualprm400k(
     return annotations_dir, annotations_dir.parent if annotations_dir != root else root
 
 
+def corpus_fingerprint(annotations_dir: str | os.PathLike) -> str:
+    """A `datasets` fingerprint of the annotation files (names, sizes, modification times), cheap to compute."""
+    files = find_annotation_files(annotations_dir)
+    stats = [(path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in files]
+    return hashlib.sha256(repr((str(Path(annotations_dir).resolve()), stats)).encode()).hexdigest()[:16]
+
+
+def annotations_to_dataset(
+    annotations_dir: str | os.PathLike, num_proc: int | None = None, progress: bool = True
+) -> datasets.Dataset:
+    """[`read_annotations`] as a `datasets.Dataset`, fingerprinted from the files (hashing the table is slow)."""
+    import datasets
+    from datasets.table import InMemoryTable
+
+    table = InMemoryTable(read_annotations(annotations_dir, num_proc=num_proc, progress=progress))
+    return datasets.Dataset(table, fingerprint=corpus_fingerprint(annotations_dir))
+
+
 def read_annotations(
     annotations_dir: str | os.PathLike, num_proc: int | None = None, progress: bool = True
 ) -> pa.Table:
@@ -435,9 +457,5 @@ def load_visualprm400k(
     >>> ds[0]["source"], ds[0]["steps"][:1]
     ('ai2d', ['Step 1: ...'])
     """
-    # imported here so that the file-reading worker processes start without `datasets`
-    import datasets
-    from datasets.table import InMemoryTable
-
     annotations_dir, _ = resolve_visualprm400k(path_or_repo, revision=revision, cache_dir=cache_dir)
-    return datasets.Dataset(InMemoryTable(read_annotations(annotations_dir, num_proc=num_proc)))
+    return annotations_to_dataset(annotations_dir, num_proc=num_proc)

@@ -8,13 +8,10 @@ import os
 import shlex
 import sys
 
-import datasets
-from datasets.table import InMemoryTable
-
 from ..formats import FORMATS, to_prm_format, write_subset
 from ..scoring import score_rollouts
 from ..selection import METHODS, select_subset, subset_report
-from ..visualprm400k import INVALID_REASONS, read_annotations, resolve_visualprm400k
+from ..visualprm400k import INVALID_REASONS, annotations_to_dataset, resolve_visualprm400k
 
 _DESCRIPTION = """\
 Score every rollout of a VisualPRM400K-style corpus (<root>/annotations/<source>.jsonl) with the Balanced-Information
@@ -105,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
         annotations_dir, root = resolve_visualprm400k(
             args.annotations_dir or args.dataset, revision=args.revision, download_images=args.download_images
         )
-        table = read_annotations(annotations_dir, num_proc=args.num_proc)
+        rollouts = annotations_to_dataset(annotations_dir, num_proc=args.num_proc)
     except (OSError, ValueError) as err:
         return _error(str(err))
-    scored = score_rollouts(datasets.Dataset(InMemoryTable(table)), tau=args.tau, alpha=args.alpha)
+    scored = score_rollouts(rollouts, tau=args.tau, alpha=args.alpha)
     subset = select_subset(scored, method=args.method, ratio=args.ratio, alpha=args.alpha, seed=args.seed)
     params = {"corpus": args.dataset or args.annotations_dir, "revision": args.revision, "method": args.method}
     params.update({"ratio": args.ratio, "alpha": args.alpha, "tau": args.tau, "seed": args.seed})
