@@ -9,7 +9,6 @@ paper's `build_bis_subset.py` writes, byte for byte:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -22,6 +21,11 @@ PRM_COLUMNS = (
     "image", "question", "steps", "labels", "mc_scores", "p_pos", "reliability", "bis", "is_mixed", "source"
 )  # fmt: skip
 FORMATS = ("hf", "internvl")
+# the characters of Python's `str.isspace`, so that stripping matches `str.strip` exactly
+_SPACE = r"[\s\x0b\x1c-\x1f\x85\p{Z}]"
+_STRIP = f"^{_SPACE}+|{_SPACE}+$"
+# what `json.dumps(..., ensure_ascii=False)` escapes besides the other control characters (as \u00XX)
+_JSON_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
 
 
 def _prm_batch(batch: pa.Table, image_root: str | None) -> pa.Table:
@@ -71,35 +75,68 @@ def to_prm_format(ds: datasets.Dataset, image_root: str | os.PathLike | None = N
     return converted.with_format(None)
 
 
-def internvl_record(row: dict) -> dict:
+def _strip(strings: pa.Array) -> pa.Array:
+    return pc.replace_substring_regex(strings, _STRIP, "")
+
+
+def _json_string(strings: pa.Array) -> pa.Array:
+    """`json.dumps(s, ensure_ascii=False)` of every string, vectorised."""
+    for char, escaped in _JSON_ESCAPES.items():  # backslash first, so inserted backslashes stay single
+        strings = pc.replace_substring(strings, char, escaped)
+    if pc.any(pc.match_substring_regex(strings, r"[\x00-\x1f]")).as_py():
+        for code in (c for c in range(32) if chr(c) not in _JSON_ESCAPES):
+            strings = pc.replace_substring(strings, chr(code), f"\\u{code:04x}")
+    return pc.binary_join_element_wise('"', strings, '"', "")
+
+
+def _join_lists(lists: pa.ListArray, values: pa.Array, separator: str) -> pa.Array:
+    """Join the strings of each list, after replacing the flat values of `lists` by `values`."""
+    return pc.binary_join(pa.ListArray.from_arrays(_offsets(lists), values), separator)
+
+
+def _offsets(lists: pa.ListArray) -> pa.Array:
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.array(offsets)
+
+
+def internvl_lines(batch: pa.Table) -> pa.Array:
     """
-    The InternVL conversation record of one scored rollout (image as stored in the raw file).
+    The InternVL conversation record of each scored rollout of `batch` as one JSON line, exactly as the reference
+    code writes it: `json.dumps({"image": <as in the raw file>, "conversations": [{"from": "human", "value":
+    "Question: <question_orig or question>\\nProcess: <step 1><prm>\\n\\n<step 2><prm>"}, {"from": "gpt",
+    "value": [1.0, 0.0]}]}, ensure_ascii=False)`, question and steps stripped like `str.strip`.
 
     Example:
 
-    >>> row = {"image": ["a.png"], "image_is_list": False, "question": "<image>\\nQ", "question_orig": "Q ",
-    ...        "steps": ["s1 ", "s2"], "labels": [1.0, 0.0]}
-    >>> internvl_record(row)["conversations"][0]["value"]
+    >>> batch = pa.table({"image": [["a.png"]], "image_is_list": [False], "question": ["<image>\\nQ"],
+    ...                   "question_orig": ["Q "], "steps": [["s1 ", "s2"]], "labels": [[1.0, 0.0]]})
+    >>> json.loads(internvl_lines(batch)[0].as_py())["conversations"][0]["value"]
     'Question: Q\\nProcess: s1<prm>\\n\\ns2<prm>'
     """
-    question = (row["question_orig"] or row["question"] or "").strip()
-    process = "\n\n".join(step.strip() + "<prm>" for step in row["steps"])
-    return {
-        "image": row["image"] if row["image_is_list"] else row["image"][0],
-        "conversations": [
-            {"from": "human", "value": f"Question: {question}\nProcess: {process}"},
-            {"from": "gpt", "value": [float(label) for label in row["labels"]]},
-        ],
-    }
+    names = ("image", "image_is_list", "question", "question_orig", "steps", "labels")
+    images, is_list, question, question_orig, steps, labels = (batch.column(n).combine_chunks() for n in names)
+    joined_images = _join_lists(images, _json_string(pc.list_flatten(images)), ", ")
+    image = pc.if_else(is_list, pc.binary_join_element_wise("[", joined_images, "]", ""), joined_images)
+    question = _strip(pc.if_else(pc.equal(question_orig, ""), question, question_orig))
+    marked_steps = pc.binary_join_element_wise(_strip(pc.list_flatten(steps)), "<prm>", "")
+    process = _join_lists(steps, marked_steps, "\n\n")
+    human = pc.binary_join_element_wise("Question: ", question, "\nProcess: ", process, "")
+    label_text = pc.if_else(pc.greater(pc.list_flatten(labels), 0.0), "1.0", "0.0")
+    parts = ['{"image": ', image, ', "conversations": [{"from": "human", "value": ', _json_string(human)]
+    parts += ['}, {"from": "gpt", "value": [', _join_lists(labels, label_text, ", "), "]}]}"]
+    return pc.binary_join_element_wise(*parts, "")
 
 
-def write_internvl_jsonl(ds: datasets.Dataset, path: str | os.PathLike) -> None:
-    """Write scored rollouts as InternVL conversation JSONL, one `json.dumps(..., ensure_ascii=False)` per line."""
+def write_internvl_jsonl(ds: datasets.Dataset, path: str | os.PathLike, batch_size: int = 10_000) -> None:
+    """Write scored rollouts as InternVL conversation JSONL (see [`internvl_lines`])."""
     columns = ["image", "image_is_list", "question", "question_orig", "steps", "labels"]
-    table = ds.select_columns(columns).with_format("arrow")[:]  # one gather when `ds` is a selection
+    rollouts = ds.select_columns(columns).with_format("arrow")
     with open(path, "w", encoding="utf-8") as f:
-        for batch in table.to_batches(max_chunksize=1000):
-            f.writelines(json.dumps(internvl_record(row), ensure_ascii=False) + "\n" for row in batch.to_pylist())
+        for start in range(0, len(rollouts), batch_size):
+            lines = internvl_lines(rollouts[start : start + batch_size]).to_pylist()
+            f.write("".join(line + "\n" for line in lines))
 
 
 def write_subset(

@@ -236,13 +236,16 @@ def subset_report(
     table = _columns(ds, [by, "invalid_reason"] + (["file_lines"] if has_lines else []))
     kept_per_source = pc.value_counts(_columns(subset, [by]).column(by).combine_chunks()).to_pylist()
     kept_per_source = {item["values"]: item["counts"] for item in kept_per_source}
-    reasons = table.column("invalid_reason").to_numpy(zero_copy_only=False)
+    # reasons as integer codes: counting them per source is then one bincount
+    reason_codes = pc.index_in(table.column("invalid_reason"), pa.array(INVALID_REASONS))
+    codes = pc.fill_null(reason_codes, len(INVALID_REASONS)).to_numpy(zero_copy_only=False)
     file_lines = table.column("file_lines").to_numpy(zero_copy_only=False) if has_lines else None
     sources = {}
     for source, rows in _groups(ds, by):
-        dropped = {reason: int((reasons[rows] == reason).sum()) for reason in INVALID_REASONS}
+        counts = np.bincount(codes[rows], minlength=len(INVALID_REASONS) + 1)
+        dropped = {reason: int(n) for reason, n in zip(INVALID_REASONS, counts, strict=False)}
         read = len(rows)
-        valid = read - sum(dropped.values())
+        valid = int(counts[-1])
         kept = int(kept_per_source.get(source, 0))
         dropped["not_selected"] = valid - kept
         blank_lines = int(file_lines[rows[0]]) - read if has_lines else 0

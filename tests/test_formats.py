@@ -1,9 +1,10 @@
 import json
 
 import datasets
+import pyarrow as pa
 import pytest
 
-from bis_prm.formats import PRM_COLUMNS, internvl_record, to_prm_format, write_subset
+from bis_prm.formats import PRM_COLUMNS, internvl_lines, to_prm_format, write_subset
 from bis_prm.scoring import score_rollouts
 
 
@@ -26,7 +27,7 @@ def scored():
 
 
 def test_internvl_records_are_the_reference_bytes(scored):
-    lines = [json.dumps(internvl_record(row), ensure_ascii=False) for row in scored]
+    lines = internvl_lines(scored.with_format("arrow")[:]).to_pylist()
     assert lines == [
         '{"image": "ai2d/1.png", "conversations": [{"from": "human", "value": "Question: <image>\\nWhat is shown?\\n'
         'Process: Step 1: look.<prm>\\n\\nStep 2: 中文<prm>"}, {"from": "gpt", "value": [1.0, 0.0]}]}',
@@ -64,3 +65,28 @@ def test_internvl_writer_and_bad_format(scored, tmp_path):
     assert [row["conversations"][1]["value"] for row in rows] == [[1.0, 0.0], [1.0]]
     with pytest.raises(ValueError, match="unknown output format"):
         write_subset(scored, tmp_path / "out.jsonl", format="csv")
+
+
+def test_internvl_lines_escape_like_json_dumps():
+    texts = [
+        'quote " back \\ slash',
+        "tab\t nl\n cr\r bell\x07 nul\x00 \x1f",
+        "uni é 中文 \u2028 \x7f",
+        "\x1c pad \u3000",
+    ]
+    batch = {
+        "image": [[t] for t in texts],
+        "image_is_list": [True, False, True, False],
+        "question": texts,
+        "question_orig": ["", "", texts[0], ""],
+        "steps": [[t, " x "] for t in texts],
+        "labels": [[1.0, 0.0]] * 4,
+    }
+    expected = []
+    for i, text in enumerate(texts):
+        question = (batch["question_orig"][i] or text).strip()
+        human = f"Question: {question}\nProcess: {text.strip()}<prm>\n\nx<prm>"
+        record = {"image": [text] if batch["image_is_list"][i] else text, "conversations": [
+            {"from": "human", "value": human}, {"from": "gpt", "value": [1.0, 0.0]}]}  # fmt: skip
+        expected.append(json.dumps(record, ensure_ascii=False))
+    assert internvl_lines(pa.table(batch)).to_pylist() == expected
