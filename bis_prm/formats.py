@@ -17,13 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .arrow_utils import arrow_columns
+
 PRM_COLUMNS = (
     "image", "question", "steps", "labels", "mc_scores", "p_pos", "reliability", "bis", "is_mixed", "source"
 )  # fmt: skip
 FORMATS = ("hf", "internvl")
-# the characters of Python's `str.isspace`, so that stripping matches `str.strip` exactly
-_SPACE = r"[\s\x0b\x1c-\x1f\x85\p{Z}]"
-_STRIP = f"^{_SPACE}+|{_SPACE}+$"
 # what `json.dumps(..., ensure_ascii=False)` escapes besides the other control characters (as \u00XX)
 _JSON_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
 
@@ -75,14 +74,11 @@ def to_prm_format(ds: datasets.Dataset, image_root: str | os.PathLike | None = N
     return converted.with_format(None)
 
 
-def _strip(strings: pa.Array) -> pa.Array:
-    return pc.replace_substring_regex(strings, _STRIP, "")
-
-
 def _json_string(strings: pa.Array) -> pa.Array:
     """`json.dumps(s, ensure_ascii=False)` of every string, vectorised."""
     for char, escaped in _JSON_ESCAPES.items():  # backslash first, so inserted backslashes stay single
-        strings = pc.replace_substring(strings, char, escaped)
+        if pc.any(pc.match_substring(strings, char)).as_py():
+            strings = pc.replace_substring(strings, char, escaped)
     if pc.any(pc.match_substring_regex(strings, r"[\x00-\x1f]")).as_py():
         for code in (c for c in range(32) if chr(c) not in _JSON_ESCAPES):
             strings = pc.replace_substring(strings, chr(code), f"\\u{code:04x}")
@@ -119,8 +115,8 @@ def internvl_lines(batch: pa.Table) -> pa.Array:
     images, is_list, question, question_orig, steps, labels = (batch.column(n).combine_chunks() for n in names)
     joined_images = _join_lists(images, _json_string(pc.list_flatten(images)), ", ")
     image = pc.if_else(is_list, pc.binary_join_element_wise("[", joined_images, "]", ""), joined_images)
-    question = _strip(pc.if_else(pc.equal(question_orig, ""), question, question_orig))
-    marked_steps = pc.binary_join_element_wise(_strip(pc.list_flatten(steps)), "<prm>", "")
+    question = pc.utf8_trim_whitespace(pc.if_else(pc.equal(question_orig, ""), question, question_orig))
+    marked_steps = pc.binary_join_element_wise(pc.utf8_trim_whitespace(pc.list_flatten(steps)), "<prm>", "")
     process = _join_lists(steps, marked_steps, "\n\n")
     human = pc.binary_join_element_wise("Question: ", question, "\nProcess: ", process, "")
     label_text = pc.if_else(pc.greater(pc.list_flatten(labels), 0.0), "1.0", "0.0")
@@ -132,10 +128,10 @@ def internvl_lines(batch: pa.Table) -> pa.Array:
 def write_internvl_jsonl(ds: datasets.Dataset, path: str | os.PathLike, batch_size: int = 10_000) -> None:
     """Write scored rollouts as InternVL conversation JSONL (see [`internvl_lines`])."""
     columns = ["image", "image_is_list", "question", "question_orig", "steps", "labels"]
-    rollouts = ds.select_columns(columns).with_format("arrow")
+    rollouts = arrow_columns(ds, columns)
     with open(path, "w", encoding="utf-8") as f:
         for start in range(0, len(rollouts), batch_size):
-            lines = internvl_lines(rollouts[start : start + batch_size]).to_pylist()
+            lines = internvl_lines(rollouts.slice(start, batch_size)).to_pylist()
             f.write("".join(line + "\n" for line in lines))
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .arrow_utils import arrow_columns
 from .formats import to_prm_format
 from .scoring import bis_from_stats, score_rollouts
 from .visualprm400k import INVALID_REASONS, annotations_to_dataset, resolve_visualprm400k
@@ -31,16 +32,11 @@ from .visualprm400k import INVALID_REASONS, annotations_to_dataset, resolve_visu
 METHODS = ("bis", "random", "mixed", "reliable", "low_mc", "full")
 
 
-def _columns(ds: datasets.Dataset, names: list[str]) -> pa.Table:
-    """The given columns as one Arrow table, with any indices mapping of `ds` applied."""
-    return ds.with_format("arrow", columns=names)[:]
-
-
 def _groups(ds: datasets.Dataset, by: str | None) -> list[tuple[str, np.ndarray]]:
     """(group name, row indices) in order of first appearance."""
     if by is None:
         return [("all", np.arange(len(ds)))]
-    encoded = pc.dictionary_encode(_columns(ds, [by]).column(by)).combine_chunks()
+    encoded = pc.dictionary_encode(arrow_columns(ds, [by]).column(by)).combine_chunks()
     codes = encoded.indices.to_numpy(zero_copy_only=False)
     names = encoded.dictionary.to_pylist()
     order = np.argsort(codes, kind="stable")
@@ -111,7 +107,7 @@ def selection_indices(
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")
     needed = ["p_pos", "reliability", "is_mixed"] + (["mc_scores"] if method == "low_mc" else [])
-    table = _columns(ds, needed)
+    table = arrow_columns(ds, needed)
     valid = np.isfinite(table.column("p_pos").to_numpy(zero_copy_only=False))
     key = _ranking_key(table, method, alpha)
     rng = np.random.default_rng(seed)
@@ -233,8 +229,8 @@ def subset_report(
     True
     """
     has_lines = "file_lines" in ds.column_names
-    table = _columns(ds, [by, "invalid_reason"] + (["file_lines"] if has_lines else []))
-    kept_per_source = pc.value_counts(_columns(subset, [by]).column(by).combine_chunks()).to_pylist()
+    table = arrow_columns(ds, [by, "invalid_reason"] + (["file_lines"] if has_lines else []))
+    kept_per_source = pc.value_counts(arrow_columns(subset, [by]).column(by).combine_chunks()).to_pylist()
     kept_per_source = {item["values"]: item["counts"] for item in kept_per_source}
     # reasons as integer codes: counting them per source is then one bincount
     reason_codes = pc.index_in(table.column("invalid_reason"), pa.array(INVALID_REASONS))
@@ -256,7 +252,10 @@ def subset_report(
         for reason in (*INVALID_REASONS, "not_selected")
     }
     stat_columns = ["p_pos", "reliability", "bis", "is_mixed", "labels"]
-    stats = {"all": _mixture_stats(_columns(ds, stat_columns)), "kept": _mixture_stats(_columns(subset, stat_columns))}
+    stats = {
+        "all": _mixture_stats(arrow_columns(ds, stat_columns)),
+        "kept": _mixture_stats(arrow_columns(subset, stat_columns)),
+    }
     return {"sources": sources, "total": total, "stats": stats, "params": dict(params or {})}
 
 

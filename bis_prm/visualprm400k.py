@@ -59,8 +59,6 @@ _STEP_TYPE = pa.struct([("step", pa.string()), ("score", pa.float64())])
 _TEXT_FIELDS = ("question", "question_orig", "answer")
 # rows per pyarrow parse attempt once a whole file was rejected: small enough that one bad line costs little
 _FALLBACK_CHUNK_LINES = 1000
-# a character that Python's `str.strip` keeps (the reference code drops steps that strip to "")
-_NON_SPACE = r"[^\s\x0b\x1c-\x1f\x85\p{Z}]"
 _LIST_IMAGE = re.compile(rb'"image"\s*:\s*\[')
 # blocks are parsed in parallel; a rollout longer than a block makes the parse fail and fall back
 _BLOCK_SIZE = 4 << 20
@@ -227,8 +225,8 @@ def _invalid_reasons(columns: dict[str, pa.Array]) -> pa.Array:
     image_lengths, flat_images = _list_parts(columns["image"])
     empty_image = pc.equal(pc.fill_null(flat_images, ""), "").to_numpy(zero_copy_only=False)
     step_lengths, flat_steps = _list_parts(columns["steps"])
-    has_text = pc.match_substring_regex(pc.fill_null(flat_steps, ""), _NON_SPACE)
-    blank = pc.invert(has_text).to_numpy(zero_copy_only=False)
+    # Arrow's whitespace is exactly Python's `str.isspace`, so this is the reference code's `not step.strip()`
+    blank = pc.equal(pc.utf8_trim_whitespace(pc.fill_null(flat_steps, "")), "").to_numpy(zero_copy_only=False)
     _, flat_scores = _list_parts(columns["mc_scores"])
     scores = flat_scores.to_numpy(zero_copy_only=False)
     missing = ~np.isfinite(scores)
