@@ -82,3 +82,22 @@ def test_help_explains_bis(capsys):
         main(["select", "--help"])
     assert exit_info.value.code == 0
     assert "(p_pos * (1 - p_pos) + alpha) * R" in capsys.readouterr().out
+
+
+def test_push_to_hub_gets_the_prm_subset_report_and_command(clean_corpus, tmp_path, monkeypatch):
+    import bis_prm.hub
+
+    calls = []
+    monkeypatch.setattr(bis_prm.hub, "push_subset_to_hub", lambda *args: calls.append(args) or "https://hub/commit")
+    out = tmp_path / "subset.parquet"
+    assert select("--annotations-dir", clean_corpus, "--output", out, "--push-to-hub", "me/bis10") == 0
+    [(prm, repo_id, report, command, embed_images, private)] = calls
+    assert repo_id == "me/bis10" and not embed_images and not private
+    assert len(prm) == report["total"]["kept"] == 4 * 9 and prm.column_names[:4] == [
+        "image",
+        "question",
+        "steps",
+        "labels",
+    ]
+    assert command.startswith(f"bis-prm select --annotations-dir {clean_corpus} --method bis --ratio 0.1 --alpha 0.2")
+    assert command.endswith("--push-to-hub me/bis10")
