@@ -74,13 +74,16 @@ def to_prm_format(ds: datasets.Dataset, image_root: str | os.PathLike | None = N
     return converted.with_format(None)
 
 
-def _json_string(strings: pa.Array) -> pa.Array:
+def _json_string(strings: pa.StringArray) -> pa.Array:
     """`json.dumps(s, ensure_ascii=False)` of every string, vectorised."""
+    data = strings.buffers()[2]
+    # ASCII bytes stand for themselves in UTF-8: a byte count says which characters need escaping at all
+    present = np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256) > 0 if data else np.zeros(256, bool)
     for char, escaped in _JSON_ESCAPES.items():  # backslash first, so inserted backslashes stay single
-        if pc.any(pc.match_substring(strings, char)).as_py():
+        if present[ord(char)]:
             strings = pc.replace_substring(strings, char, escaped)
-    if pc.any(pc.match_substring_regex(strings, r"[\x00-\x1f]")).as_py():
-        for code in (c for c in range(32) if chr(c) not in _JSON_ESCAPES):
+    for code in np.flatnonzero(present[:32]):
+        if chr(code) not in _JSON_ESCAPES:
             strings = pc.replace_substring(strings, chr(code), f"\\u{code:04x}")
     return pc.binary_join_element_wise('"', strings, '"', "")
 
@@ -129,10 +132,12 @@ def write_internvl_jsonl(ds: datasets.Dataset, path: str | os.PathLike, batch_si
     """Write scored rollouts as InternVL conversation JSONL (see [`internvl_lines`])."""
     columns = ["image", "image_is_list", "question", "question_orig", "steps", "labels"]
     rollouts = arrow_columns(ds, columns)
-    with open(path, "w", encoding="utf-8") as f:
+    with open(path, "wb") as f:
         for start in range(0, len(rollouts), batch_size):
-            lines = internvl_lines(rollouts.slice(start, batch_size)).to_pylist()
-            f.write("".join(line + "\n" for line in lines))
+            lines = pc.binary_join_element_wise(internvl_lines(rollouts.slice(start, batch_size)), "\n", "")
+            # the UTF-8 bytes of all lines are contiguous in the array's data buffer: write them as they are
+            offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
+            f.write(memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]])
 
 
 def write_subset(
