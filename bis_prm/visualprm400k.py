@@ -22,7 +22,6 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -59,7 +58,8 @@ _STEP_TYPE = pa.struct([("step", pa.string()), ("score", pa.float64())])
 _TEXT_FIELDS = ("question", "question_orig", "answer")
 # rows per pyarrow parse attempt once a whole file was rejected: small enough that one bad line costs little
 _FALLBACK_CHUNK_LINES = 1000
-_LIST_IMAGE = re.compile(rb'"image"\s*:\s*\[')
+# how `json.dumps` writes a list / a str image; only used to choose the parse schema, a wrong guess falls back
+_LIST_IMAGE, _STR_IMAGE = b'"image": [', b'"image": "'
 # blocks are parsed in parallel; a rollout longer than a block makes the parse fail and fall back
 _BLOCK_SIZE = 4 << 20
 
@@ -173,7 +173,7 @@ def _parse_mixed_images(lines: list[bytes]) -> dict[str, pa.Array] | None:
 
     The kind is guessed from the bytes; a wrong guess makes that parse fail and the caller falls back.
     """
-    is_list = np.array([_LIST_IMAGE.search(line) is not None for line in lines], dtype=bool)
+    is_list = np.array([_LIST_IMAGE in line for line in lines], dtype=bool)
     parts, order = [], []
     for kind in (False, True):
         rows = np.flatnonzero(is_list == kind)
@@ -268,7 +268,11 @@ def read_annotation_file(path: str | os.PathLike) -> pa.Table:
     path = Path(path)
     data = path.read_bytes()
     starts, ends, line_index = _line_bounds(data)
-    columns = _parse_block(data)
+    has_list, has_str = _LIST_IMAGE in data, _STR_IMAGE in data
+    # a file that mixes str and list images is parsed per kind right away
+    columns = (
+        None if has_list and has_str else _parse_block(data, image_is_list=has_list if has_str or has_list else None)
+    )
     if columns is None or len(columns["_broken"]) != len(line_index):
         columns = _parse_lines([data[starts[i] : ends[i]] for i in line_index])
     n = len(line_index)

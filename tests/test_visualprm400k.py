@@ -104,3 +104,17 @@ def test_hub_repo_id_downloads_annotations_zip(tmp_path, monkeypatch):
     ds = load_visualprm400k("OpenGVLab/VisualPRM400K-v1.1-Raw", revision="v1", cache_dir=tmp_path / "cache")
     assert calls == [("OpenGVLab/VisualPRM400K-v1.1-Raw", "annotations.zip", "dataset", "v1")]
     assert len(ds) == 3 and ds["source"] == ["source_00"] * 3
+
+
+@pytest.mark.parametrize("separators", [(", ", ": "), (",", ":")])
+def test_mixed_str_and_list_images_in_any_json_spacing(tmp_path, separators):
+    records = [
+        {"image": "a.png" if i % 3 else ["a.png", "b.png"], "steps_with_score": [{"step": "s", "score": i / 10}]}
+        for i in range(10)
+    ]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(json.dumps(record, separators=separators) for record in records) + "\n")
+    table = read_annotation_file(path)
+    assert table.column("image_is_list").to_pylist() == [i % 3 == 0 for i in range(10)]
+    assert table.column("image").to_pylist() == [["a.png", "b.png"] if i % 3 == 0 else ["a.png"] for i in range(10)]
+    assert table.column("mc_scores").to_pylist() == [[i / 10] for i in range(10)]
