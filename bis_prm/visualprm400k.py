@@ -69,12 +69,16 @@ def _raw_schema(image_type: pa.DataType) -> pa.Schema:
     return pa.schema(fields + [("steps_with_score", pa.list_(_STEP_TYPE))])
 
 
-def _list_parts(array: pa.Array) -> tuple[np.ndarray, pa.Array]:
+def _list_parts(array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array | pa.ChunkedArray]:
     """Per-row lengths (0 for null lists) and the flat values of a list array."""
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy().astype(np.int64)
     return lengths, pc.list_flatten(array)
+
+
+def _concat(arrays: list[pa.Array | pa.ChunkedArray]) -> pa.ChunkedArray:
+    """Concatenate without copying (Arrow's JSON reader returns one chunk per parse block)."""
+    chunks = [chunk for a in arrays for chunk in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
+    return pa.chunked_array(chunks, type=arrays[0].type)
 
 
 def _list_array(lengths: np.ndarray, values: pa.Array) -> pa.ListArray:
@@ -88,27 +92,33 @@ def _any_per_row(lengths: np.ndarray, flags: np.ndarray) -> np.ndarray:
     return np.bincount(rows, weights=flags, minlength=len(lengths)) > 0
 
 
-def _arrow_to_columns(raw: pa.Table, image_is_list: bool) -> dict[str, pa.Array]:
+def _arrow_to_columns(raw: pa.Table, image_is_list: bool) -> dict[str, pa.ChunkedArray]:
     """Normalise a table read with `_raw_schema` into the rollout columns (without positions and reasons)."""
+    # batch by batch: combining the parse blocks first would copy every string once more
+    parts = [_batch_to_columns(batch, image_is_list) for batch in raw.to_batches()]
+    if not parts:
+        return _python_to_columns([])
+    return {name: _concat([part[name] for part in parts]) for name in parts[0]}
+
+
+def _batch_to_columns(raw: pa.RecordBatch, image_is_list: bool) -> dict[str, pa.Array]:
     n = raw.num_rows
-    raw = {name: raw.column(name).combine_chunks() for name in raw.column_names}
-    image = raw["image"]
+    image = raw.column("image")
     if image_is_list:
         images = pc.fill_null(image, pa.scalar([], pa.list_(pa.string())))
     else:
         present = pc.is_valid(image).to_numpy(zero_copy_only=False)
         images = _list_array(present.astype(np.int64), pc.drop_null(image))
-    lengths, flat_steps = _list_parts(raw["steps_with_score"])
+    lengths, flat_steps = _list_parts(raw.column("steps_with_score"))
     scores = pc.fill_null(flat_steps.field("score"), math.nan)
-    columns = {
+    return {
         "image": images,
         "image_is_list": pa.array(np.full(n, image_is_list)),
-        **{name: pc.fill_null(raw[name], "") for name in _TEXT_FIELDS},
+        **{name: pc.fill_null(raw.column(name), "") for name in _TEXT_FIELDS},
         "steps": _list_array(lengths, flat_steps.field("step")),
         "mc_scores": _list_array(lengths, scores),
         "_broken": pa.array(np.zeros(n, dtype=bool)),
     }
-    return columns
 
 
 def _as_score(value: object) -> float:
@@ -185,7 +195,7 @@ def _parse_mixed_images(lines: list[bytes]) -> dict[str, pa.Array] | None:
         parts.append(part)
         order.append(rows)
     inverse = pa.array(np.argsort(np.concatenate(order), kind="stable"))
-    return {name: pa.concat_arrays([part[name] for part in parts]).take(inverse) for name in parts[0]}
+    return {name: _concat([part[name] for part in parts]).take(inverse) for name in parts[0]}
 
 
 def _parse_lines(lines: list[bytes]) -> dict[str, pa.Array]:
@@ -200,7 +210,7 @@ def _parse_lines(lines: list[bytes]) -> dict[str, pa.Array]:
         parts.append(_parse_mixed_images(chunk) or _python_to_columns(chunk))
     if not parts:
         return _python_to_columns([])
-    return {name: pa.concat_arrays([part[name] for part in parts]) for name in parts[0]}
+    return {name: _concat([part[name] for part in parts]) for name in parts[0]}
 
 
 def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
