@@ -77,14 +77,15 @@ def to_prm_format(ds: datasets.Dataset, image_root: str | os.PathLike | None = N
 def _json_string(strings: pa.StringArray) -> pa.Array:
     """`json.dumps(s, ensure_ascii=False)` of every string, vectorised."""
     data = strings.buffers()[2]
-    # ASCII bytes stand for themselves in UTF-8: a byte count says which characters need escaping at all
-    present = np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256) > 0 if data else np.zeros(256, bool)
+    # ASCII bytes stand for themselves in UTF-8, so the bytes present say which characters need escaping at all
+    data = np.frombuffer(data, dtype=np.uint8) if data else np.zeros(0, dtype=np.uint8)
+    present = {chr(code) for code in np.unique(data[data < 0x20])}
+    present |= {char for char in '"\\' if (data == ord(char)).any()}
     for char, escaped in _JSON_ESCAPES.items():  # backslash first, so inserted backslashes stay single
-        if present[ord(char)]:
+        if char in present:
             strings = pc.replace_substring(strings, char, escaped)
-    for code in np.flatnonzero(present[:32]):
-        if chr(code) not in _JSON_ESCAPES:
-            strings = pc.replace_substring(strings, chr(code), f"\\u{code:04x}")
+    for char in sorted(present - _JSON_ESCAPES.keys()):
+        strings = pc.replace_substring(strings, char, f"\\u{ord(char):04x}")
     return pc.binary_join_element_wise('"', strings, '"', "")
 
 

@@ -60,6 +60,7 @@ _TEXT_FIELDS = ("question", "question_orig", "answer")
 _FALLBACK_CHUNK_LINES = 1000
 # how `json.dumps` writes a list / a str image; only used to choose the parse schema, a wrong guess falls back
 _LIST_IMAGE, _STR_IMAGE = b'"image": [', b'"image": "'
+_PEEK_BYTES = 1 << 20
 # blocks are parsed in parallel; a rollout longer than a block makes the parse fail and fall back
 _BLOCK_SIZE = 4 << 20
 
@@ -278,7 +279,8 @@ def read_annotation_file(path: str | os.PathLike) -> pa.Table:
     path = Path(path)
     data = path.read_bytes()
     starts, ends, line_index = _line_bounds(data)
-    has_list, has_str = _LIST_IMAGE in data, _STR_IMAGE in data
+    # peek at the first MiB: enough to spot a mixing file, cheap for the others
+    has_list, has_str = (data.find(marker, 0, _PEEK_BYTES) >= 0 for marker in (_LIST_IMAGE, _STR_IMAGE))
     # a file that mixes str and list images is parsed per kind right away
     columns = (
         None if has_list and has_str else _parse_block(data, image_is_list=has_list if has_str or has_list else None)
