@@ -1,0 +1,38 @@
+"""Fast column access on (possibly selected) `datasets.Dataset`s."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pyarrow as pa
+
+
+def arrow_columns(ds: datasets.Dataset, names: list[str]) -> pa.Table:
+    """
+    The given columns of `ds` as one Arrow table, with the selection (indices mapping) of `ds` applied.
+
+    `ds.with_format("arrow")[:]` gathers a selection row by row into a one-chunk-per-row table, which makes every
+    later compute call slow, and `pyarrow.Table.take` first concatenates all chunks of the table; this takes the
+    rows chunk by chunk instead.
+
+    Example:
+
+    >>> arrow_columns(datasets.Dataset.from_dict({"a": [1, 2, 3]}).select([2, 0]), ["a"]).column("a").to_pylist()
+    [3, 1]
+    """
+    table = ds.data.table.select(names)
+    if ds._indices is None:
+        return table
+    indices = ds._indices.column(0).to_numpy().astype(np.int64)
+    batches = table.to_batches()
+    starts = np.cumsum([0] + [batch.num_rows for batch in batches])
+    chunk_of_row = np.searchsorted(starts, indices, side="right") - 1
+    order = np.argsort(chunk_of_row, kind="stable")
+    parts = []
+    for chunk in np.unique(chunk_of_row):
+        rows = indices[order][chunk_of_row[order] == chunk] - starts[chunk]
+        parts.append(batches[chunk].take(pa.array(rows)))
+    taken = pa.Table.from_batches(parts, schema=table.schema)
+    if np.any(np.diff(order) < 0):  # an unsorted selection: back to its own order
+        taken = taken.take(pa.array(np.argsort(order, kind="stable")))
+    return taken

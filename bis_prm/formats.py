@@ -1,0 +1,181 @@
+"""Output formats of a selected subset: the HF PRM format our trainer reads, and the InternVL conversation JSONL.
+
+The HF PRM format has the columns `image` (list of paths), `question`, `steps` (list of str), `labels` (list of
+float), `mc_scores`, `p_pos`, `reliability`, `bis`, `is_mixed` and `source`. The InternVL format is the one the
+paper's `build_bis_subset.py` writes, byte for byte:
+`{"image": ..., "conversations": [{"from": "human", "value": "Question: ...\\nProcess: step1<prm>\\n\\nstep2<prm>"},
+{"from": "gpt", "value": [1.0, 0.0]}]}`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .arrow_utils import arrow_columns
+
+PRM_COLUMNS = (
+    "image", "question", "steps", "labels", "mc_scores", "p_pos", "reliability", "bis", "is_mixed", "source"
+)  # fmt: skip
+FORMATS = ("hf", "internvl")
+# what `json.dumps(..., ensure_ascii=False)` escapes besides the other control characters (as \u00XX)
+_JSON_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+def _prm_batch(batch: pa.Table, image_root: str | None) -> pa.Table:
+    image = batch.column("image").combine_chunks()
+    if image_root is not None:
+        lengths = pc.list_value_length(image).to_numpy(zero_copy_only=False)
+        paths = pc.binary_join_element_wise(image_root, pc.list_flatten(image), "/")
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        image = pa.ListArray.from_arrays(pa.array(offsets), paths)
+    question_orig = batch.column("question_orig")
+    question = pc.if_else(pc.equal(question_orig, ""), batch.column("question"), question_orig)
+    steps = batch.column("steps").combine_chunks()
+    stripped_steps = pa.ListArray.from_arrays(steps.offsets, pc.utf8_trim_whitespace(steps.values))
+    columns = {"image": image, "question": pc.utf8_trim_whitespace(question), "steps": stripped_steps}
+    columns.update({name: batch.column(name) for name in PRM_COLUMNS if name not in columns})
+    return pa.table(columns)
+
+
+def to_prm_format(ds: datasets.Dataset, image_root: str | os.PathLike | None = None, **map_kwargs) -> datasets.Dataset:
+    """
+    Convert scored rollouts to the HF PRM format the trainer reads.
+
+    Args:
+        ds (`datasets.Dataset`):
+            Scored rollouts (from [`~scoring.score_rollouts`], possibly a selection of them).
+        image_root (`str` or `os.PathLike`, *optional*):
+            Corpus root the image paths are relative to; when given, paths become absolute.
+        **map_kwargs:
+            Passed to `datasets.Dataset.map`.
+
+    Returns:
+        `datasets.Dataset` with the columns `PRM_COLUMNS`: `question` is `question_orig` (or `question` when empty)
+        stripped, `steps` are stripped.
+
+    Example:
+
+    >>> prm = to_prm_format(subset, image_root="VisualPRM400K-v1.1-Raw")
+    >>> prm.column_names[:4]
+    ['image', 'question', 'steps', 'labels']
+    """
+    root = None if image_root is None else str(Path(image_root).resolve())
+    map_kwargs = {"batched": True, "desc": "Converting to PRM format", **map_kwargs}
+    converted = ds.with_format("arrow").map(
+        _prm_batch, fn_kwargs={"image_root": root}, remove_columns=ds.column_names, **map_kwargs
+    )
+    return converted.with_format(None)
+
+
+def _json_string(strings: pa.StringArray) -> pa.Array:
+    """`json.dumps(s, ensure_ascii=False)` of every string, vectorised."""
+    data = strings.buffers()[2]
+    # ASCII bytes stand for themselves in UTF-8, so the bytes present say which characters need escaping at all
+    data = np.frombuffer(data, dtype=np.uint8) if data else np.zeros(0, dtype=np.uint8)
+    present = {chr(code) for code in np.unique(data[data < 0x20])}
+    present |= {char for char in '"\\' if (data == ord(char)).any()}
+    for char, escaped in _JSON_ESCAPES.items():  # backslash first, so inserted backslashes stay single
+        if char in present:
+            strings = pc.replace_substring(strings, char, escaped)
+    for char in sorted(present - _JSON_ESCAPES.keys()):
+        strings = pc.replace_substring(strings, char, f"\\u{ord(char):04x}")
+    return pc.binary_join_element_wise('"', strings, '"', "")
+
+
+def _join_lists(lists: pa.ListArray, values: pa.Array, separator: str) -> pa.Array:
+    """Join the strings of each list, after replacing the flat values of `lists` by `values`."""
+    return pc.binary_join(pa.ListArray.from_arrays(_offsets(lists), values), separator)
+
+
+def _offsets(lists: pa.ListArray) -> pa.Array:
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.array(offsets)
+
+
+def internvl_lines(batch: pa.Table) -> pa.Array:
+    """
+    The InternVL conversation record of each scored rollout of `batch` as one JSON line, exactly as the reference
+    code writes it: `json.dumps({"image": <as in the raw file>, "conversations": [{"from": "human", "value":
+    "Question: <question_orig or question>\\nProcess: <step 1><prm>\\n\\n<step 2><prm>"}, {"from": "gpt",
+    "value": [1.0, 0.0]}]}, ensure_ascii=False)`, question and steps stripped like `str.strip`.
+
+    Example:
+
+    >>> batch = pa.table({"image": [["a.png"]], "image_is_list": [False], "question": ["<image>\\nQ"],
+    ...                   "question_orig": ["Q "], "steps": [["s1 ", "s2"]], "labels": [[1.0, 0.0]]})
+    >>> json.loads(internvl_lines(batch)[0].as_py())["conversations"][0]["value"]
+    'Question: Q\\nProcess: s1<prm>\\n\\ns2<prm>'
+    """
+    names = ("image", "image_is_list", "question", "question_orig", "steps", "labels")
+    images, is_list, question, question_orig, steps, labels = (batch.column(n).combine_chunks() for n in names)
+    joined_images = _join_lists(images, _json_string(pc.list_flatten(images)), ", ")
+    image = pc.if_else(is_list, pc.binary_join_element_wise("[", joined_images, "]", ""), joined_images)
+    question = pc.utf8_trim_whitespace(pc.if_else(pc.equal(question_orig, ""), question, question_orig))
+    marked_steps = pc.binary_join_element_wise(pc.utf8_trim_whitespace(pc.list_flatten(steps)), "<prm>", "")
+    process = _join_lists(steps, marked_steps, "\n\n")
+    human = pc.binary_join_element_wise("Question: ", question, "\nProcess: ", process, "")
+    label_text = pc.if_else(pc.greater(pc.list_flatten(labels), 0.0), "1.0", "0.0")
+    parts = ['{"image": ', image, ', "conversations": [{"from": "human", "value": ', _json_string(human)]
+    parts += ['}, {"from": "gpt", "value": [', _join_lists(labels, label_text, ", "), "]}]}"]
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def write_internvl_jsonl(ds: datasets.Dataset, path: str | os.PathLike, batch_size: int = 10_000) -> None:
+    """Write scored rollouts as InternVL conversation JSONL (see [`internvl_lines`])."""
+    columns = ["image", "image_is_list", "question", "question_orig", "steps", "labels"]
+    rollouts = arrow_columns(ds, columns)
+    with open(path, "wb") as f:
+        for start in range(0, len(rollouts), batch_size):
+            lines = pc.binary_join_element_wise(internvl_lines(rollouts.slice(start, batch_size)), "\n", "")
+            # the UTF-8 bytes of all lines are contiguous in the array's data buffer: write them as they are
+            offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
+            f.write(memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]])
+
+
+def write_subset(
+    ds: datasets.Dataset, path: str | os.PathLike, format: str = "hf", image_root: str | os.PathLike | None = None
+) -> None:
+    """
+    Write a selected subset to `path`.
+
+    Args:
+        ds (`datasets.Dataset`):
+            Scored rollouts (or, for `format="hf"`, a dataset already in the HF PRM format).
+        path (`str` or `os.PathLike`):
+            `.jsonl` or `.parquet` file, or a directory (written with `save_to_disk`). `format="internvl"` needs a
+            file path.
+        format (`str`, *optional*, defaults to `"hf"`):
+            `"hf"` (HF PRM format) or `"internvl"` (the reference code's conversation JSONL, byte-compatible).
+        image_root (`str` or `os.PathLike`, *optional*):
+            Corpus root for absolute image paths in the `hf` format.
+
+    Example:
+
+    >>> write_subset(subset, "bis10.jsonl", format="internvl")
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown output format {format!r}; choose one of {', '.join(FORMATS)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if format == "internvl":
+        if path.is_dir():
+            raise ValueError(f"--format internvl writes a .jsonl file, got the directory {path}")
+        write_internvl_jsonl(ds, path)
+        return
+    if "image_is_list" in ds.column_names:
+        ds = to_prm_format(ds, image_root=image_root)
+    if path.suffix == ".jsonl":
+        ds.to_json(path, lines=True, force_ascii=False)
+    elif path.suffix == ".parquet":
+        ds.to_parquet(path)
+    else:
+        ds.save_to_disk(str(path))
