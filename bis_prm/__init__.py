@@ -1,5 +1,73 @@
-"""bis_prm: Balanced-Information Score data selection and training for multimodal process reward models."""
+"""bis_prm: Balanced-Information Score data selection and training for multimodal process reward models.
+
+`import bis_prm` is light (no torch): the public names below are imported on first use, the PRM classes are
+registered with `AutoModelForTokenClassification` as soon as transformers' auto classes are loaded
+(`bis_prm.auto_registration`), and the `visualprocessbench` metric is put into evaluate's modules cache so that
+`evaluate.load("visualprocessbench")` resolves offline (set `BIS_PRM_NO_METRIC_INSTALL=1` to skip that).
+"""
+
+import importlib
+import os
+import warnings
+
+from bis_prm.auto_registration import register_prm_auto_classes
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+# public name -> module defining it
+_EXPORTS = {
+    # data: VisualPRM400K-Raw -> scored rollouts -> BIS subset -> Hub
+    "load_visualprm400k": "bis_prm.visualprm400k",
+    "score_rollouts": "bis_prm.scoring",
+    "select_subset": "bis_prm.selection",
+    "select_bis": "bis_prm.selection",
+    "build_subset": "bis_prm.selection",
+    "subset_report": "bis_prm.selection",
+    "to_prm_format": "bis_prm.formats",
+    "write_subset": "bis_prm.formats",
+    "build_dataset_card": "bis_prm.hub",
+    "push_subset_to_hub": "bis_prm.hub",
+    # model: VLM -> step-level PRM
+    "GenericPRMForTokenClassification": "bis_prm.modeling_prm",
+    "Qwen2_5_VLForTokenClassification": "bis_prm.modeling_prm",
+    "InternVLForTokenClassification": "bis_prm.modeling_prm",
+    "LlavaForTokenClassification": "bis_prm.modeling_prm",
+    "add_step_token": "bis_prm.modeling_prm",
+    "load_prm": "bis_prm.modeling_prm",
+    "prm_lora_config": "bis_prm.modeling_prm",
+    "register_prm_architecture": "bis_prm.modeling_prm",
+    "PRMCollator": "bis_prm.processing_prm",
+    "render_prompt": "bis_prm.processing_prm",
+    "tile_images": "bis_prm.processing_prm",
+    "aggregate_many": "bis_prm.inference",
+    "aggregate_scores": "bis_prm.inference",
+    "score_steps": "bis_prm.inference",
+    # evaluation: VisualProcessBench metric, runner, Best-of-N
+    "VISUALPROCESSBENCH": "bis_prm.metrics",
+    "compute_visualprocessbench": "bis_prm.metrics",
+    "load_visualprocessbench": "bis_prm.visualprocessbench",
+    "EvalConfig": "bis_prm.evaluation",
+    "evaluate_prm": "bis_prm.evaluation",
+    "best_of_n": "bis_prm.best_of_n",
+}
+
+__all__ = ["__version__", "register_prm_auto_classes", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+register_prm_auto_classes()
+
+if not os.environ.get("BIS_PRM_NO_METRIC_INSTALL"):
+    from bis_prm.metrics import install_metric
+
+    try:
+        install_metric()
+    except OSError as err:  # a read-only cache only loses the bare name; evaluate.load(VISUALPROCESSBENCH) still works
+        warnings.warn(
+            f"Could not install the visualprocessbench metric into evaluate's modules cache: {err}", stacklevel=2
+        )

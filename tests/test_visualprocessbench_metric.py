@@ -176,9 +176,8 @@ def test_evaluate_load_by_path_and_bare_name_offline(tmp_path):
     script = textwrap.dedent(
         """
         import doctest, json, sys
-        import bis_prm
+        import bis_prm  # installs the metric into the (fresh) modules cache
         from bis_prm.metrics import VISUALPROCESSBENCH, install_metric
-        install_metric()
         import evaluate
         from evaluate.loading import files_to_hash
         from bis_prm.metrics.visualprocessbench import visualprocessbench as module
