@@ -44,8 +44,8 @@ from transformers.utils import is_peft_available
 from trl.trainer.base_trainer import _BaseTrainer
 
 from bis_prm.modeling_prm import load_prm
-from bis_prm.processing_prm import PRMCollator
 from bis_prm.prm_config import PRMConfig
+from bis_prm.processing_prm import PRMCollator
 
 if is_peft_available():
     from peft import PeftConfig, get_peft_model
@@ -138,7 +138,7 @@ def validate_prm_dataset(dataset: Dataset, args: PRMConfig, dataset_name: str = 
             for path in _as_list(example[image_field]):
                 resolved = resolve_image_path(path, args.image_root)
                 if not os.path.isfile(resolved):
-                    problems.append(f"row {row}: column '{image_field}' names an image that does not exist: {resolved}")
+                    problems.append(f"row {row}: column '{image_field}' names a missing image file: {resolved}")
         if len(problems) >= args.max_validation_errors:
             problems.append(f"... stopped after {args.max_validation_errors} problems")
             break
@@ -365,7 +365,8 @@ class PRMTrainer(_BaseTrainer):
 
     ```python
     >>> model, processor = load_prm("tiny-qwen2_5_vl", head="yes_no")  # doctest: +SKIP
-    >>> trainer = PRMTrainer(model, PRMConfig("out"), train_dataset=dataset, processing_class=processor)  # doctest: +SKIP
+    >>> args = PRMConfig("out")
+    >>> trainer = PRMTrainer(model, args, train_dataset=dataset, processing_class=processor)  # doctest: +SKIP
     >>> trainer.train()  # doctest: +SKIP
     ```
     """

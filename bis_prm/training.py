@@ -106,7 +106,7 @@ def load_prm_datasets(
         dataset = DatasetDict({script_args.dataset_train_split: dataset})
     elif Path(name).suffix in _DATA_FILE_BUILDERS and os.path.isfile(name):
         dataset = load_dataset(_DATA_FILE_BUILDERS[Path(name).suffix], data_files={"train": name})
-    elif os.path.isdir(name) and any(os.path.isfile(os.path.join(name, f)) for f in ("state.json", "dataset_dict.json")):
+    elif any(os.path.isfile(os.path.join(name, marker)) for marker in ("state.json", "dataset_dict.json")):
         dataset = load_from_disk(name)
         if isinstance(dataset, Dataset):
             dataset = DatasetDict({"train": dataset})
@@ -122,7 +122,9 @@ def load_prm_datasets(
     eval_dataset = None
     if script_args.dataset_test_split is not None:
         if script_args.dataset_test_split not in dataset:
-            raise ValueError(f"Dataset {name!r} has no split {script_args.dataset_test_split!r}; it has {list(dataset)}.")
+            raise ValueError(
+                f"Dataset {name!r} has no split {script_args.dataset_test_split!r}; it has {list(dataset)}."
+            )
         eval_dataset = dataset[script_args.dataset_test_split]
     elif script_args.eval_ratio > 0:
         split = train_dataset.train_test_split(test_size=script_args.eval_ratio, seed=seed)
