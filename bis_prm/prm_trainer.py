@@ -548,7 +548,8 @@ class PRMTrainer(_BaseTrainer):
             correct = (predicted == (labels > 0.5))[mask].sum()
             counts = self.accelerator.gather_for_metrics(torch.stack([correct, mask.sum()]).reshape(1, 2)).sum(0)
             self._metrics[mode]["step_accuracy"].append((counts[0] / counts[1].clamp(min=1)).item())
-            self._metrics[mode]["num_steps"].append(counts[1].item())
+            if mode == "train":
+                self._metrics[mode]["num_steps"].append(counts[1].item())
 
         return (loss, outputs) if return_outputs else loss
 
@@ -587,9 +588,9 @@ class PRMTrainer(_BaseTrainer):
         """
         if not self.is_world_process_zero():
             return
-        base_model = getattr(self.model.config, "_name_or_path", None)
-        if base_model and os.path.isdir(base_model):
-            base_model = None  # a local path is no Hub reference
+        model_path = getattr(self.model.config, "_name_or_path", None) or "unknown"
+        # A local path is no Hub reference: name it in the text, keep it out of the metadata
+        base_model = None if os.path.exists(model_path) or model_path == "unknown" else model_path
         tags = {tags} if isinstance(tags, str) else set(tags or [])
         tags.update(self._tag_names)
         card_data = ModelCardData(
@@ -624,15 +625,21 @@ class PRMTrainer(_BaseTrainer):
             card_data,
             template_path=str(_TEMPLATE_PATH),
             model_id=args.hub_model_id or card_data.model_name,
-            base_model=base_model or getattr(self.model.config, "_name_or_path", "unknown"),
+            base_model=model_path,
+            base_model_on_hub=base_model is not None,
             dataset_name=dataset_name or "unknown",
             selection=selection or {},
             training=training,
-            eval_results=eval_results or {},
+            eval_results={key: value for key, value in (eval_results or {}).items() if _is_score(key)},
             step_token=args.step_token,
             citation=_CITATION,
         )
         card.save(os.path.join(args.output_dir, "README.md"))
+
+
+def _is_score(metric_name: str) -> bool:
+    # Keep quality metrics in the card, not timings
+    return metric_name.endswith(("loss", "accuracy")) or "f1" in metric_name
 
 
 def _targets_batch(steps, values, from_mc: bool, label_mode: str, tau: float) -> dict[str, list[list[float]]]:

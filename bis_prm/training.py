@@ -160,7 +160,6 @@ def main(script_args: ScriptArguments, training_args: PRMConfig, model_args: Mod
 
     model_init_kwargs = dict(training_args.model_init_kwargs or {})
     model_init_kwargs.setdefault("revision", model_args.model_revision)
-    model_init_kwargs.setdefault("trust_remote_code", model_args.trust_remote_code)
     if model_args.dtype is not None:
         model_init_kwargs.setdefault("dtype", model_args.dtype)
     if model_args.attn_implementation is not None:
