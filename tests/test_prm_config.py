@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from transformers import TrainingArguments
 from trl import ModelConfig, TrlParser
@@ -43,7 +45,7 @@ def test_bf16_defaults_to_the_hardware(tmp_path):
     ],
 )
 def test_invalid_values_are_rejected(tmp_path, kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         PRMConfig(output_dir=str(tmp_path), **kwargs)
 
 

@@ -113,7 +113,8 @@ def test_validation_missing_column(assets, tmp_path):
     # labels are only required when there are no MC scores to derive them from
     no_targets = prm_dataset(assets["images"]).remove_columns(["labels", "mc_scores"])
     _expect_problems(no_targets, PRMConfig(str(tmp_path)), "['labels']")
-    _expect_problems(prm_dataset(assets["images"], with_mc=False), PRMConfig(str(tmp_path), label_mode="soft"), "['mc_scores']")
+    soft = PRMConfig(str(tmp_path), label_mode="soft")
+    _expect_problems(prm_dataset(assets["images"], with_mc=False), soft, "['mc_scores']")
 
 
 def test_validation_collects_every_row_problem_in_one_error(assets, tmp_path):
@@ -269,7 +270,8 @@ def test_group_by_length_adds_token_lengths(assets, tmp_path):
     args = tiny_config(tmp_path, train_sampling_strategy="group_by_length", max_steps=1)
     trainer = PRMTrainer(assets["model"], args=args, train_dataset=train)
     tokenizer = trainer.processing_class.tokenizer
-    expected = [len(tokenizer(r["question"] + "".join(r["steps"]), add_special_tokens=False)["input_ids"]) for r in train]
+    texts = [row["question"] + "".join(row["steps"]) for row in train]
+    expected = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     assert trainer.train_dataset["length"] == expected
     assert len(set(expected)) > 1
     trainer.train()
