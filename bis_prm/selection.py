@@ -1,0 +1,310 @@
+"""Per-source subset selection: BIS and the paper's baselines, plus the per-source counts report.
+
+Every method keeps, per source, `k = max(1, int(m * ratio))` of the `m` valid rollouts (invalid ones are excluded
+before ranking) and returns them in original order:
+
+- `bis`: highest BIS first.
+- `random`: `k` valid rollouts drawn without replacement with `numpy.random.default_rng(seed)` (one generator,
+  sources in order of appearance).
+- `mixed`: mixed rollouts (both positive and negative steps) first.
+- `reliable`: highest reliability R first.
+- `low_mc`: lowest mean MC score over all steps first (the "hardest" rollouts).
+- `full`: every valid rollout (`ratio` is ignored).
+
+Ranking ties keep the original (file) order.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .formats import to_prm_format
+from .scoring import bis_from_stats, score_rollouts
+from .visualprm400k import INVALID_REASONS, read_annotations, resolve_visualprm400k
+
+METHODS = ("bis", "random", "mixed", "reliable", "low_mc", "full")
+
+
+def _columns(ds: datasets.Dataset, names: list[str]) -> pa.Table:
+    """The given columns as one Arrow table, with any indices mapping of `ds` applied."""
+    return ds.with_format("arrow", columns=names)[:]
+
+
+def _groups(ds: datasets.Dataset, by: str | None) -> list[tuple[str, np.ndarray]]:
+    """(group name, row indices) in order of first appearance."""
+    if by is None:
+        return [("all", np.arange(len(ds)))]
+    encoded = pc.dictionary_encode(_columns(ds, [by]).column(by)).combine_chunks()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    names = encoded.dictionary.to_pylist()
+    order = np.argsort(codes, kind="stable")
+    bounds = np.cumsum(np.bincount(codes, minlength=len(names)))[:-1]
+    members = np.split(order, bounds)
+    # dictionary codes are assigned in order of first appearance
+    return [(str(name), rows) for name, rows in zip(names, members, strict=True)]
+
+
+def _mean_mc(mc_scores: pa.ChunkedArray) -> np.ndarray:
+    mc_scores = mc_scores.combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(mc_scores), 0).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(mc_scores).to_numpy(zero_copy_only=False)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.bincount(rows, weights=flat, minlength=len(lengths)) / lengths
+
+
+def _ranking_key(table: pa.Table, method: str, alpha: float) -> np.ndarray | None:
+    """Higher is kept first; None for methods that do not rank."""
+    column = lambda name: table.column(name).to_numpy(zero_copy_only=False)  # noqa: E731
+    if method == "bis":
+        return bis_from_stats(column("p_pos"), column("reliability"), alpha)
+    if method == "reliable":
+        return column("reliability")
+    if method == "mixed":
+        return column("is_mixed").astype(np.float64)
+    if method == "low_mc":
+        return -_mean_mc(table.column("mc_scores"))
+    return None
+
+
+def selection_indices(
+    ds: datasets.Dataset,
+    method: str = "bis",
+    ratio: float = 0.1,
+    alpha: float = 0.2,
+    seed: int = 0,
+    by: str | None = "source",
+) -> np.ndarray:
+    """
+    Row indices of the selected rollouts of a scored dataset, in increasing (original) order.
+
+    Args:
+        ds (`datasets.Dataset`):
+            Rollouts scored with [`~scoring.score_rollouts`].
+        method (`str`, *optional*, defaults to `"bis"`):
+            One of `METHODS` (see the module docstring).
+        ratio (`float`, *optional*, defaults to `0.1`):
+            Fraction of the valid rollouts kept per group, in (0, 1].
+        alpha (`float`, *optional*, defaults to `0.2`):
+            BIS smoothing term (BIS is recomputed from `p_pos` and `reliability`, so any alpha works).
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the `random` baseline.
+        by (`str`, *optional*, defaults to `"source"`):
+            Column whose values form the groups selected from independently; `None` selects over the whole dataset.
+
+    Returns:
+        `numpy.ndarray` of int64 indices.
+
+    Example:
+
+    >>> selection_indices(scored, method="bis", ratio=0.5, alpha=0.2)
+    array([0, 3])
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    needed = ["p_pos", "reliability", "is_mixed"] + (["mc_scores"] if method == "low_mc" else [])
+    table = _columns(ds, needed)
+    valid = np.isfinite(table.column("p_pos").to_numpy(zero_copy_only=False))
+    key = _ranking_key(table, method, alpha)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for _, rows in _groups(ds, by):
+        rows = rows[valid[rows]]
+        m = len(rows)
+        k = m if method == "full" else min(m, max(1, int(m * ratio)))
+        if k == 0:
+            continue
+        if method == "random":
+            picked = rows[rng.choice(m, size=k, replace=False)]
+        elif method == "full":
+            picked = rows
+        else:
+            # stable sort of the negated key: descending, ties in original order
+            picked = rows[np.argsort(-key[rows], kind="stable")[:k]]
+        chosen.append(picked)
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def select_subset(
+    ds: datasets.Dataset,
+    method: str = "bis",
+    ratio: float = 0.1,
+    alpha: float = 0.2,
+    seed: int = 0,
+    by: str | None = "source",
+    tau: float = 0.0,
+) -> datasets.Dataset:
+    """
+    Select a subset of rollouts per source with BIS or one of the baselines (see the module docstring).
+
+    Args:
+        ds (`datasets.Dataset`):
+            Rollouts, scored or not (unscored ones are scored first with `tau` and `alpha`).
+        method (`str`, *optional*, defaults to `"bis"`):
+            `"bis"`, `"random"`, `"mixed"`, `"reliable"`, `"low_mc"` or `"full"`.
+        ratio (`float`, *optional*, defaults to `0.1`):
+            Fraction kept per source: `max(1, int(m * ratio))` of its `m` valid rollouts.
+        alpha (`float`, *optional*, defaults to `0.2`):
+            BIS smoothing term.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the `random` baseline.
+        by (`str`, *optional*, defaults to `"source"`):
+            Grouping column; `None` for one group.
+        tau (`float`, *optional*, defaults to `0.0`):
+            Hard-label threshold, used only when `ds` is not scored yet.
+
+    Returns:
+        `datasets.Dataset`: the selected rows, in original order.
+
+    Example:
+
+    >>> subset = select_subset(load_visualprm400k("VisualPRM400K-v1.1-Raw"), method="bis", ratio=0.1, alpha=0.2)
+    """
+    if "p_pos" not in ds.column_names:
+        ds = score_rollouts(ds, tau=tau, alpha=alpha)
+    return ds.select(selection_indices(ds, method=method, ratio=ratio, alpha=alpha, seed=seed, by=by))
+
+
+def select_bis(ds: datasets.Dataset, ratio: float, alpha: float, by: str | None = "source") -> datasets.Dataset:
+    """
+    Keep, per source, the top `max(1, int(m * ratio))` valid rollouts by BIS (ties in original order).
+
+    Example:
+
+    >>> subset = select_bis(scored, ratio=0.1, alpha=0.2)
+    """
+    return select_subset(ds, method="bis", ratio=ratio, alpha=alpha, by=by)
+
+
+def _mixture_stats(table: pa.Table) -> dict[str, float | int]:
+    """Label-mixture statistics over the valid rollouts of `table`."""
+    p_pos = table.column("p_pos").to_numpy(zero_copy_only=False)
+    valid = np.isfinite(p_pos)
+    labels = pc.list_flatten(table.column("labels").combine_chunks()).to_numpy(zero_copy_only=False)
+
+    def mean(name: str) -> float:
+        values = table.column(name).to_numpy(zero_copy_only=False)[valid]
+        return float(values.mean()) if len(values) else 0.0
+
+    return {
+        "rollouts": int(valid.sum()),
+        "share_mixed": mean("is_mixed"),
+        "mean_p_pos": mean("p_pos"),
+        "mean_reliability": mean("reliability"),
+        "mean_bis": mean("bis"),
+        "positive_steps": int((labels > 0).sum()),
+        "negative_steps": int((labels == 0).sum()),
+    }
+
+
+def subset_report(
+    ds: datasets.Dataset, subset: datasets.Dataset, params: dict[str, Any] | None = None, by: str = "source"
+) -> dict[str, Any]:
+    """
+    Per-source counts of a selection: rollouts read, valid, kept and dropped by reason, plus label statistics.
+
+    Args:
+        ds (`datasets.Dataset`):
+            All scored rollouts (with `invalid_reason` and, for `blank_lines`, `file_lines`).
+        subset (`datasets.Dataset`):
+            The selected rows of `ds`.
+        params (`dict`, *optional*):
+            Selection parameters to record under `"params"`.
+        by (`str`, *optional*, defaults to `"source"`):
+            Grouping column.
+
+    Returns:
+        `dict` with `"sources"` (`{source: {"read", "valid", "kept", "dropped": {reason: n, "not_selected": n},
+        "blank_lines"}}`), `"total"` (the same counts summed), `"stats"` (label-mixture statistics of `"all"` valid
+        and `"kept"` rollouts) and `"params"`. For every source, `kept + sum(dropped.values()) == read`.
+
+    Example:
+
+    >>> report = subset_report(scored, subset)
+    >>> report["total"]["kept"] + sum(report["total"]["dropped"].values()) == report["total"]["read"]
+    True
+    """
+    has_lines = "file_lines" in ds.column_names
+    table = _columns(ds, [by, "invalid_reason"] + (["file_lines"] if has_lines else []))
+    kept_per_source = pc.value_counts(_columns(subset, [by]).column(by).combine_chunks()).to_pylist()
+    kept_per_source = {item["values"]: item["counts"] for item in kept_per_source}
+    reasons = table.column("invalid_reason").to_numpy(zero_copy_only=False)
+    file_lines = table.column("file_lines").to_numpy(zero_copy_only=False) if has_lines else None
+    sources = {}
+    for source, rows in _groups(ds, by):
+        dropped = {reason: int((reasons[rows] == reason).sum()) for reason in INVALID_REASONS}
+        read = len(rows)
+        valid = read - sum(dropped.values())
+        kept = int(kept_per_source.get(source, 0))
+        dropped["not_selected"] = valid - kept
+        blank_lines = int(file_lines[rows[0]]) - read if has_lines else 0
+        sources[source] = {"read": read, "valid": valid, "kept": kept, "dropped": dropped, "blank_lines": blank_lines}
+    total = {key: sum(counts[key] for counts in sources.values()) for key in ("read", "valid", "kept", "blank_lines")}
+    total["dropped"] = {
+        reason: sum(counts["dropped"][reason] for counts in sources.values())
+        for reason in (*INVALID_REASONS, "not_selected")
+    }
+    stat_columns = ["p_pos", "reliability", "bis", "is_mixed", "labels"]
+    stats = {"all": _mixture_stats(_columns(ds, stat_columns)), "kept": _mixture_stats(_columns(subset, stat_columns))}
+    return {"sources": sources, "total": total, "stats": stats, "params": dict(params or {})}
+
+
+def build_subset(
+    path_or_repo: str | os.PathLike,
+    method: str = "bis",
+    ratio: float = 0.1,
+    alpha: float = 0.2,
+    tau: float = 0.0,
+    seed: int = 0,
+    num_proc: int | None = None,
+    revision: str | None = None,
+    progress: bool = True,
+) -> tuple[datasets.Dataset, dict[str, Any]]:
+    """
+    Load a VisualPRM400K-style corpus, score it, select a subset and convert it to the HF PRM format, in one call.
+
+    Args:
+        path_or_repo (`str` or `os.PathLike`):
+            Local corpus root, annotations directory, zip, or Hub repo id.
+        method (`str`, *optional*, defaults to `"bis"`):
+            Selection method, one of `METHODS`.
+        ratio (`float`, *optional*, defaults to `0.1`):
+            Fraction kept per source.
+        alpha (`float`, *optional*, defaults to `0.2`):
+            BIS smoothing term.
+        tau (`float`, *optional*, defaults to `0.0`):
+            Hard-label threshold.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the `random` baseline.
+        num_proc (`int`, *optional*):
+            Processes reading annotation files.
+        revision (`str`, *optional*):
+            Hub revision when `path_or_repo` is a repo id.
+        progress (`bool`, *optional*, defaults to `True`):
+            Show progress bars.
+
+    Returns:
+        `tuple[datasets.Dataset, dict]`: the subset in the HF PRM format (image paths resolved against the corpus
+        root) and the report of [`subset_report`].
+
+    Example:
+
+    >>> train_dataset, report = build_subset("VisualPRM400K-v1.1-Raw", method="bis", ratio=0.1, alpha=0.2)
+    >>> report["total"]["kept"] == len(train_dataset)
+    True
+    """
+    annotations_dir, root = resolve_visualprm400k(path_or_repo, revision=revision)
+    ds = datasets.Dataset(datasets.table.InMemoryTable(read_annotations(annotations_dir, num_proc, progress)))
+    scored = score_rollouts(ds, tau=tau, alpha=alpha)
+    subset = select_subset(scored, method=method, ratio=ratio, alpha=alpha, seed=seed)
+    params = {"corpus": str(path_or_repo), "revision": revision, "method": method, "ratio": ratio}
+    params.update({"alpha": alpha, "tau": tau, "seed": seed})
+    return to_prm_format(subset, image_root=root), subset_report(scored, subset, params)

@@ -1,0 +1,443 @@
+"""Loading the raw VisualPRM400K layout (`<root>/annotations/<source>.jsonl`) into a `datasets.Dataset`.
+
+One row per non-blank line of each annotation file, files in sorted name order, lines in file order. Each file is
+parsed with pyarrow's C++ JSON reader; a file (or 1 000-line chunk of it) that the reader rejects (broken JSON, a
+`str` image in one row and a `list` in another, a non-numeric score, ...) is parsed line by line in Python instead,
+so bad input never stops the load. Every row gets an `invalid_reason` (empty when valid):
+
+- `broken_json`: the line is not a JSON object.
+- `missing_image`: `image` is missing, null, empty, or a list with an empty/non-string entry.
+- `no_steps`: `steps_with_score` is missing or empty.
+- `blank_step`: a step's text is missing, not a string, or only whitespace.
+- `missing_score`: a step's score is missing, null, non-numeric or NaN.
+- `score_out_of_range`: a step's score lies outside [0, 1].
+
+The first reason that applies, in this order, is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import re
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import datasets
+
+INVALID_REASONS = ("broken_json", "missing_image", "no_steps", "blank_step", "missing_score", "score_out_of_range")
+
+ROLLOUT_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("line", pa.int64()),
+        ("file_lines", pa.int64()),
+        ("image", pa.list_(pa.string())),
+        ("image_is_list", pa.bool_()),
+        ("question", pa.string()),
+        ("question_orig", pa.string()),
+        ("answer", pa.string()),
+        ("steps", pa.list_(pa.string())),
+        ("mc_scores", pa.list_(pa.float64())),
+        ("invalid_reason", pa.string()),
+    ]
+)
+
+_STEP_TYPE = pa.struct([("step", pa.string()), ("score", pa.float64())])
+_TEXT_FIELDS = ("question", "question_orig", "answer")
+# rows per pyarrow parse attempt once a whole file was rejected: small enough that one bad line costs little
+_FALLBACK_CHUNK_LINES = 1000
+_LIST_IMAGE = re.compile(rb'"image"\s*:\s*\[')
+# large enough that a single long rollout never straddles two blocks
+_BLOCK_SIZE = 16 << 20
+
+
+def _raw_schema(image_type: pa.DataType) -> pa.Schema:
+    fields = [("image", image_type)] + [(name, pa.string()) for name in _TEXT_FIELDS]
+    return pa.schema(fields + [("steps_with_score", pa.list_(_STEP_TYPE))])
+
+
+def _list_parts(array: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Per-row lengths (0 for null lists) and the flat values of a list array."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return lengths, pc.list_flatten(array)
+
+
+def _list_array(lengths: np.ndarray, values: pa.Array) -> pa.ListArray:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def _any_per_row(lengths: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    return np.bincount(rows, weights=flags, minlength=len(lengths)) > 0
+
+
+def _arrow_to_columns(raw: pa.Table, image_is_list: bool) -> dict[str, pa.Array]:
+    """Normalise a table read with `_raw_schema` into the rollout columns (without positions and reasons)."""
+    n = raw.num_rows
+    raw = {name: raw.column(name).combine_chunks() for name in raw.column_names}
+    image = raw["image"]
+    if image_is_list:
+        images = pc.fill_null(image, pa.scalar([], pa.list_(pa.string())))
+    else:
+        present = pc.is_valid(image).to_numpy(zero_copy_only=False)
+        images = _list_array(present.astype(np.int64), pc.drop_null(image))
+    lengths, flat_steps = _list_parts(raw["steps_with_score"])
+    scores = pc.fill_null(flat_steps.field("score"), math.nan)
+    columns = {
+        "image": images,
+        "image_is_list": pa.array(np.full(n, image_is_list)),
+        **{name: pc.fill_null(raw[name], "") for name in _TEXT_FIELDS},
+        "steps": _list_array(lengths, flat_steps.field("step")),
+        "mc_scores": _list_array(lengths, scores),
+        "_broken": pa.array(np.zeros(n, dtype=bool)),
+    }
+    return columns
+
+
+def _as_score(value: object) -> float:
+    """A step score as float, NaN when missing or non-numeric (numeric strings count, as in the reference code)."""
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _python_to_columns(lines: list[bytes]) -> dict[str, pa.Array]:
+    """Robust line-by-line parse; anything that is not a JSON object becomes a `broken_json` row."""
+    out = {name: [] for name in ("image", "image_is_list", *_TEXT_FIELDS, "steps", "mc_scores", "_broken")}
+    for raw_line in lines:
+        try:
+            record = json.loads(raw_line)
+        except ValueError:
+            record = None
+        broken = not isinstance(record, dict)
+        record = {} if broken else record
+        image = record.get("image")
+        is_list = isinstance(image, list)
+        if isinstance(image, str):
+            image = [image]
+        elif not (is_list and all(isinstance(path, str) for path in image)):
+            image = []
+        steps = record.get("steps_with_score")
+        steps = [step if isinstance(step, dict) else {} for step in steps] if isinstance(steps, list) else []
+        out["image"].append(image)
+        out["image_is_list"].append(is_list)
+        for name in _TEXT_FIELDS:
+            value = record.get(name)
+            out[name].append("" if value is None else value if isinstance(value, str) else str(value))
+        out["steps"].append([step.get("step") if isinstance(step.get("step"), str) else None for step in steps])
+        out["mc_scores"].append([_as_score(step.get("score")) for step in steps])
+        out["_broken"].append(broken)
+    types = {"image": pa.list_(pa.string()), "steps": pa.list_(pa.string()), "mc_scores": pa.list_(pa.float64())}
+    types.update({"image_is_list": pa.bool_(), "_broken": pa.bool_()})
+    return {name: pa.array(values, type=types.get(name, pa.string())) for name, values in out.items()}
+
+
+def _parse_block(data: bytes, image_is_list: bool | None = None) -> dict[str, pa.Array] | None:
+    """Columns of a block of JSON lines with the C++ reader, or None when it rejects the block."""
+    read_options = pa_json.ReadOptions(block_size=_BLOCK_SIZE)
+    for is_list in (False, True) if image_is_list is None else (image_is_list,):
+        image_type = pa.list_(pa.string()) if is_list else pa.string()
+        parse_options = pa_json.ParseOptions(
+            explicit_schema=_raw_schema(image_type), unexpected_field_behavior="ignore"
+        )
+        try:
+            raw = pa_json.read_json(pa.BufferReader(data), read_options=read_options, parse_options=parse_options)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        return _arrow_to_columns(raw, is_list)
+    return None
+
+
+def _parse_mixed_images(lines: list[bytes]) -> dict[str, pa.Array] | None:
+    """Parse lines whose `image` is a str in some rows and a list in others: one C++ parse per kind, re-interleaved.
+
+    The kind is guessed from the bytes; a wrong guess makes that parse fail and the caller falls back.
+    """
+    is_list = np.array([_LIST_IMAGE.search(line) is not None for line in lines], dtype=bool)
+    parts, order = [], []
+    for kind in (False, True):
+        rows = np.flatnonzero(is_list == kind)
+        if len(rows) == 0:
+            continue
+        part = _parse_block(b"\n".join(lines[i] for i in rows), image_is_list=kind)
+        if part is None or len(part["_broken"]) != len(rows):
+            return None
+        parts.append(part)
+        order.append(rows)
+    inverse = pa.array(np.argsort(np.concatenate(order), kind="stable"))
+    return {name: pa.concat_arrays([part[name] for part in parts]).take(inverse) for name in parts[0]}
+
+
+def _parse_lines(lines: list[bytes]) -> dict[str, pa.Array]:
+    """Columns of non-blank lines that the whole-file parse rejected: C++ parses where possible (all lines, else per
+    chunk), Python line by line for the chunks that still fail."""
+    columns = _parse_mixed_images(lines) if lines else None
+    if columns is not None:
+        return columns
+    parts = []
+    for start in range(0, len(lines), _FALLBACK_CHUNK_LINES):
+        chunk = lines[start : start + _FALLBACK_CHUNK_LINES]
+        parts.append(_parse_mixed_images(chunk) or _python_to_columns(chunk))
+    if not parts:
+        return _python_to_columns([])
+    return {name: pa.concat_arrays([part[name] for part in parts]) for name in parts[0]}
+
+
+def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end offsets of the lines of `data` (a final newline does not open an extra line)."""
+    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+    starts = np.concatenate(([0], newlines + 1))
+    ends = np.concatenate((newlines, [len(data)]))
+    if starts[-1] == len(data):
+        starts, ends = starts[:-1], ends[:-1]
+    return starts, ends
+
+
+def _invalid_reasons(columns: dict[str, pa.Array]) -> pa.Array:
+    """Vectorised validity check; the first reason of `INVALID_REASONS` that applies wins."""
+    image_lengths, flat_images = _list_parts(columns["image"])
+    empty_image = pc.equal(pc.fill_null(flat_images, ""), "").to_numpy(zero_copy_only=False)
+    step_lengths, flat_steps = _list_parts(columns["steps"])
+    blank = pc.equal(pc.utf8_trim_whitespace(pc.fill_null(flat_steps, "")), "").to_numpy(zero_copy_only=False)
+    _, flat_scores = _list_parts(columns["mc_scores"])
+    scores = flat_scores.to_numpy(zero_copy_only=False)
+    missing = ~np.isfinite(scores)
+    with np.errstate(invalid="ignore"):
+        out_of_range = (scores < 0.0) | (scores > 1.0)
+    checks = [
+        columns["_broken"].to_numpy(zero_copy_only=False),
+        (image_lengths == 0) | _any_per_row(image_lengths, empty_image),
+        step_lengths == 0,
+        _any_per_row(step_lengths, blank),
+        _any_per_row(step_lengths, missing),
+        _any_per_row(step_lengths, out_of_range),
+    ]
+    codes = np.zeros(len(step_lengths), dtype=np.int8)
+    for code, failed in reversed(list(enumerate(checks, start=1))):
+        codes[failed] = code
+    names = pa.array(("",) + INVALID_REASONS)
+    return pa.DictionaryArray.from_arrays(pa.array(codes), names).cast(pa.string())
+
+
+def read_annotation_file(path: str | os.PathLike) -> pa.Table:
+    """
+    Read one `<source>.jsonl` annotation file into an Arrow table with the rollout columns (`ROLLOUT_SCHEMA`).
+
+    Args:
+        path (`str` or `os.PathLike`):
+            The annotation file; its stem becomes the `source` column.
+
+    Returns:
+        `pyarrow.Table`: one row per non-blank line, with `line` the 0-based line index in the file, `file_lines` the
+        number of lines of the file (blank ones included) and `invalid_reason` empty for valid rollouts.
+
+    Example:
+
+    >>> table = read_annotation_file("annotations/ai2d.jsonl")
+    >>> table.column_names[:3]
+    ['source', 'line', 'file_lines']
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    starts, ends = _line_bounds(data)
+    # JSON lines start with "{"; only the others need a closer look for blankness
+    first = np.frombuffer(data, dtype=np.uint8)[starts[ends > starts]] if len(data) else np.zeros(0, np.uint8)
+    maybe_blank = np.ones(len(starts), dtype=bool)
+    maybe_blank[ends > starts] = first != ord("{")
+    blank = np.zeros(len(starts), dtype=bool)
+    blank[maybe_blank] = [not data[s:e].strip() for s, e in zip(starts[maybe_blank], ends[maybe_blank], strict=True)]
+    line_index = np.flatnonzero(~blank)
+    columns = _parse_block(data)
+    if columns is None or len(columns["_broken"]) != len(line_index):
+        columns = _parse_lines([data[starts[i] : ends[i]] for i in line_index])
+    n = len(line_index)
+    columns["invalid_reason"] = _invalid_reasons(columns)
+    columns["source"] = pa.array([path.stem] * n, type=pa.string())
+    columns["line"] = pa.array(line_index, type=pa.int64())
+    columns["file_lines"] = pa.array(np.full(n, len(starts), dtype=np.int64))
+    return pa.Table.from_arrays([columns[field.name] for field in ROLLOUT_SCHEMA], schema=ROLLOUT_SCHEMA)
+
+
+def find_annotation_files(annotations_dir: str | os.PathLike) -> list[Path]:
+    """The `*.jsonl` files of `annotations_dir` in sorted name order; a clear error when there are none."""
+    annotations_dir = Path(annotations_dir)
+    if not annotations_dir.is_dir():
+        raise FileNotFoundError(f"annotations directory not found: {annotations_dir}")
+    files = sorted(annotations_dir.glob("*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"no *.jsonl annotation files in {annotations_dir}")
+    return files
+
+
+def _locate_annotations(root: Path) -> Path:
+    """`root/annotations` if present, else the shallowest directory under `root` holding `*.jsonl` files."""
+    if (root / "annotations").is_dir():
+        return root / "annotations"
+    if any(root.glob("*.jsonl")):
+        return root
+    candidates = sorted({path.parent for path in root.rglob("*.jsonl")}, key=lambda p: (len(p.parts), str(p)))
+    if not candidates:
+        raise FileNotFoundError(f"no *.jsonl annotation files under {root}")
+    return candidates[0]
+
+
+def _extract_once(archives: Iterable[Path], key: str, cache_dir: str | os.PathLike | None) -> Path:
+    """Unzip `archives` into one folder of the cache, once (a marker file records a complete extraction)."""
+    import datasets
+
+    cache_dir = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "bis_prm" / "visualprm400k"
+    target = cache_dir / hashlib.sha256(key.encode()).hexdigest()[:16]
+    marker = target / ".extracted"
+    if not marker.exists():
+        target.mkdir(parents=True, exist_ok=True)
+        for archive in archives:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(target)
+        marker.write_text(key)
+    return target
+
+
+def resolve_visualprm400k(
+    path_or_repo: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    download_images: bool = False,
+) -> tuple[Path, Path]:
+    """
+    Find the annotation files and the image root of a VisualPRM400K-style corpus.
+
+    Args:
+        path_or_repo (`str` or `os.PathLike`):
+            A local corpus root (holding `annotations/`), a directory of `*.jsonl` files, a local zip of either, or a
+            Hub dataset repo id such as `"OpenGVLab/VisualPRM400K-v1.1-Raw"` (its `annotations.zip` is downloaded
+            with `huggingface_hub` and unzipped into the cache once).
+        revision (`str`, *optional*):
+            Hub revision (branch, tag or commit) when `path_or_repo` is a repo id.
+        cache_dir (`str` or `os.PathLike`, *optional*):
+            Where zips are extracted (and Hub files downloaded); defaults to the `datasets` cache.
+        download_images (`bool`, *optional*, defaults to `False`):
+            Also download and unzip the repo's `images.zip` (large) so that image paths resolve.
+
+    Returns:
+        `tuple[Path, Path]`: the annotations directory and the root that image paths are relative to.
+
+    Example:
+
+    >>> annotations_dir, root = resolve_visualprm400k("VisualPRM400K-v1.1-Raw")
+    >>> annotations_dir.name
+    'annotations'
+    """
+    path = Path(path_or_repo)
+    if path.is_dir():
+        annotations_dir = _locate_annotations(path)
+        find_annotation_files(annotations_dir)
+        return annotations_dir, path if annotations_dir != path else path.parent
+    if path.is_file() and zipfile.is_zipfile(path):
+        stat = path.stat()
+        root = _extract_once([path], f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}", cache_dir)
+    elif path.exists() or os.path.isabs(path_or_repo) or str(path_or_repo).count("/") != 1:
+        raise FileNotFoundError(f"not a corpus directory, zip file or Hub repo id: {path_or_repo}")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        names = ["annotations.zip"] + (["images.zip"] if download_images else [])
+        archives = [
+            Path(hf_hub_download(str(path_or_repo), n, repo_type="dataset", revision=revision, cache_dir=cache_dir))
+            for n in names
+        ]
+        # the snapshot folder name is the commit hash, so a new revision extracts anew
+        root = _extract_once(archives, f"{path_or_repo}@{archives[0].parent.name}:{names}", cache_dir)
+    annotations_dir = _locate_annotations(root)
+    return annotations_dir, annotations_dir.parent if annotations_dir != root else root
+
+
+def read_annotations(
+    annotations_dir: str | os.PathLike, num_proc: int | None = None, progress: bool = True
+) -> pa.Table:
+    """
+    Read every `*.jsonl` file of `annotations_dir` (sorted by name) into one Arrow table, in parallel over files.
+
+    Args:
+        annotations_dir (`str` or `os.PathLike`):
+            Directory holding the `<source>.jsonl` files.
+        num_proc (`int`, *optional*):
+            Number of worker processes; files are distributed over them and results kept in sorted file order.
+        progress (`bool`, *optional*, defaults to `True`):
+            Show a progress bar over files.
+
+    Returns:
+        `pyarrow.Table` with the schema `ROLLOUT_SCHEMA`.
+
+    Example:
+
+    >>> read_annotations("VisualPRM400K-v1.1-Raw/annotations").num_rows
+    400000
+    """
+    files = find_annotation_files(annotations_dir)
+    bar = dict(total=len(files), desc="Reading annotations", unit="file", disable=not progress)
+    if num_proc is None or num_proc <= 1 or len(files) == 1:
+        tables = [read_annotation_file(path) for path in tqdm(files, **bar)]
+    else:
+        # spawn: forking a process that already runs Arrow threads can deadlock
+        with multiprocessing.get_context("spawn").Pool(min(num_proc, len(files))) as pool:
+            tables = list(tqdm(pool.imap(read_annotation_file, files), **bar))
+    return pa.concat_tables(tables)
+
+
+def load_visualprm400k(
+    path_or_repo: str | os.PathLike,
+    num_proc: int | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> datasets.Dataset:
+    """
+    Load a VisualPRM400K-style corpus as a `datasets.Dataset` with one row per rollout.
+
+    Args:
+        path_or_repo (`str` or `os.PathLike`):
+            A local corpus root, a directory of `*.jsonl` files, a local zip, or a Hub dataset repo id (see
+            [`resolve_visualprm400k`]).
+        num_proc (`int`, *optional*):
+            Number of processes reading files in parallel.
+        revision (`str`, *optional*):
+            Hub revision when `path_or_repo` is a repo id.
+        cache_dir (`str` or `os.PathLike`, *optional*):
+            Cache folder for downloads and extracted zips.
+
+    Returns:
+        `datasets.Dataset` with the columns of `ROLLOUT_SCHEMA`: `source`, `line`, `file_lines`, `image` (list of
+        paths relative to the corpus root), `image_is_list` (whether the file stored a list), `question`,
+        `question_orig`, `answer`, `steps`, `mc_scores` (NaN where a score was unusable) and `invalid_reason`.
+
+    Example:
+
+    >>> ds = load_visualprm400k("VisualPRM400K-v1.1-Raw")
+    >>> ds[0]["source"], ds[0]["steps"][:1]
+    ('ai2d', ['Step 1: ...'])
+    """
+    # imported here so that the file-reading worker processes start without `datasets`
+    import datasets
+    from datasets.table import InMemoryTable
+
+    annotations_dir, _ = resolve_visualprm400k(path_or_repo, revision=revision, cache_dir=cache_dir)
+    return datasets.Dataset(InMemoryTable(read_annotations(annotations_dir, num_proc=num_proc)))

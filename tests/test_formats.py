@@ -1,0 +1,66 @@
+import json
+
+import datasets
+import pytest
+
+from bis_prm.formats import PRM_COLUMNS, internvl_record, to_prm_format, write_subset
+from bis_prm.scoring import score_rollouts
+
+
+@pytest.fixture
+def scored():
+    ds = datasets.Dataset.from_dict(
+        {
+            "source": ["ai2d", "mmmu"],
+            "line": [0, 3],
+            "image": [["ai2d/1.png"], ["mmmu/1.png", "mmmu/2.png"]],
+            "image_is_list": [False, True],
+            "question": ["<image>\nWhat is shown? ", "<image>\nQ2"],
+            "question_orig": ["", " Which “angle” is 90°? "],
+            "steps": [[" Step 1: look. ", "Step 2: 中文\n"], ["only step"]],
+            "mc_scores": [[0.5, 0.0], [1.0]],
+            "invalid_reason": ["", ""],
+        }
+    )
+    return score_rollouts(ds, alpha=0.2)
+
+
+def test_internvl_records_are_the_reference_bytes(scored):
+    lines = [json.dumps(internvl_record(row), ensure_ascii=False) for row in scored]
+    assert lines == [
+        '{"image": "ai2d/1.png", "conversations": [{"from": "human", "value": "Question: <image>\\nWhat is shown?\\n'
+        'Process: Step 1: look.<prm>\\n\\nStep 2: 中文<prm>"}, {"from": "gpt", "value": [1.0, 0.0]}]}',
+        '{"image": ["mmmu/1.png", "mmmu/2.png"], "conversations": [{"from": "human", "value": "Question: Which '
+        '“angle” is 90°?\\nProcess: only step<prm>"}, {"from": "gpt", "value": [1.0]}]}',
+    ]
+
+
+def test_prm_format(scored, tmp_path):
+    prm = to_prm_format(scored, image_root=tmp_path)
+    assert prm.column_names == list(PRM_COLUMNS)
+    assert prm["image"] == [[f"{tmp_path}/ai2d/1.png"], [f"{tmp_path}/mmmu/1.png", f"{tmp_path}/mmmu/2.png"]]
+    assert prm["question"] == ["<image>\nWhat is shown?", "Which “angle” is 90°?"]
+    assert prm["steps"] == [["Step 1: look.", "Step 2: 中文"], ["only step"]]
+    assert prm["labels"] == [[1.0, 0.0], [1.0]] and prm["mc_scores"] == [[0.5, 0.0], [1.0]]
+    assert to_prm_format(scored)["image"] == scored["image"]
+
+
+@pytest.mark.parametrize("name", ["subset.jsonl", "subset.parquet", "subset_dir"])
+def test_hf_writers_round_trip(scored, tmp_path, name):
+    path = tmp_path / name
+    write_subset(scored, path, format="hf", image_root="/data")
+    if name.endswith(".jsonl"):
+        loaded = datasets.load_dataset("json", data_files=str(path), split="train")
+    elif name.endswith(".parquet"):
+        loaded = datasets.Dataset.from_parquet(str(path))
+    else:
+        loaded = datasets.load_from_disk(str(path))
+    assert loaded.to_dict() == to_prm_format(scored, image_root="/data").to_dict()
+
+
+def test_internvl_writer_and_bad_format(scored, tmp_path):
+    write_subset(scored, tmp_path / "out.jsonl", format="internvl")
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [row["conversations"][1]["value"] for row in rows] == [[1.0, 0.0], [1.0]]
+    with pytest.raises(ValueError, match="unknown output format"):
+        write_subset(scored, tmp_path / "out.jsonl", format="csv")
