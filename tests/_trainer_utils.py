@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -82,3 +83,25 @@ def tiny_config(output_dir: Path, **overrides) -> PRMConfig:
 
 def state_dict_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+
+
+def write_raw_corpus(root: Path, rollouts_per_source: int = 6) -> Path:
+    """A VisualPRM400K-Raw style corpus (`annotations/*.jsonl` + images) with two sources; returns its root."""
+    image_dir = root / "VisualPRM400K-v1.1-Raw" / "shapes"
+    images = write_images(image_dir, count=3)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for source in ("shapes", "colors"):
+        lines = []
+        for i in range(rollouts_per_source):
+            n = _STEP_COUNTS[i % len(_STEP_COUNTS)]
+            scores = [0.0 if (i + j) % 3 == 2 else 0.5 + 0.125 * ((i + j) % 4) for j in range(n)]
+            record = {
+                "image": os.path.relpath(images[i % len(images)], root),
+                "question": f"<image>\nHow many shapes are in {source} figure {i}?",
+                "question_orig": f"How many shapes are in {source} figure {i}?",
+                "answer": str(i),
+                "steps_with_score": [{"step": f"We count {i + j}.", "score": s} for j, s in enumerate(scores)],
+            }
+            lines.append(json.dumps(record))
+        (root / "annotations" / f"{source}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
