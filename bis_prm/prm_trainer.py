@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from datasets import Dataset, IterableDataset, Sequence, Value
 from huggingface_hub import ModelCard, ModelCardData
 from torch import nn
 from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin, TrainerCallback, set_seed
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
 from transformers.trainer_utils import EvalPrediction
 from transformers.utils import is_peft_available
 from trl.trainer.base_trainer import _BaseTrainer
@@ -417,7 +419,10 @@ class PRMTrainer(_BaseTrainer):
             # Distributed training requires device_map=None ("auto" fails)
             if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
                 model_init_kwargs["device_map"] = None
-            model, loaded_processor = load_prm(model, head=args.head, step_token=args.step_token, **model_init_kwargs)
+            with _unpartitioned_loading(args):
+                model, loaded_processor = load_prm(
+                    model, head=args.head, step_token=args.step_token, **model_init_kwargs
+                )
             processing_class = processing_class or loaded_processor
         elif args.model_init_kwargs is not None:
             logger.warning("`model_init_kwargs` is ignored: the model is already instantiated.")
@@ -635,6 +640,22 @@ class PRMTrainer(_BaseTrainer):
             citation=_CITATION,
         )
         card.save(os.path.join(args.output_dir, "README.md"))
+
+
+@contextmanager
+def _unpartitioned_loading(args: PRMConfig):
+    # Workaround: `load_prm` builds the PRM shell on the meta device, which `deepspeed.zero.Init` (active while a
+    # ZeRO-3 config is registered with transformers) cannot initialise ("Cannot copy out of meta tensor"). Load the
+    # model whole on each process instead; DeepSpeed partitions it when the engine starts. Costs one full CPU copy of
+    # the weights per process during loading.
+    if not is_deepspeed_zero3_enabled() or args.deepspeed_plugin is None:
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        args.deepspeed_plugin.set_deepspeed_weakref()
 
 
 def _is_score(metric_name: str) -> bool:
