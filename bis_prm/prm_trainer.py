@@ -213,50 +213,45 @@ def rollout_lengths(questions: list[str], steps: list[list[str]], tokenizer) -> 
 
 def positive_probabilities(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """
-    Reduce `[B, T, 2]` logits to P(positive) at the labelled positions, packed to the left of a `[B, S]` tensor.
+    Reduce `[B, T, 2]` logits to P(positive) at the labelled positions, -100 elsewhere (`[B, T]`).
 
-    Used as `preprocess_logits_for_metrics`, so evaluation keeps a few numbers per rollout instead of full logits.
-    Rows are padded with -100, like the labels, so the Trainer can concatenate batches.
+    Used as `preprocess_logits_for_metrics`, so evaluation keeps one number per labelled step instead of full logits.
+    The shape follows the labels (which the Trainer pads across processes), so the gather across processes lines up.
 
     Example:
 
     ```python
     >>> logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 0.0]]])
     >>> positive_probabilities(logits, torch.tensor([[-100.0, 1.0, 0.0]])).round(decimals=3)
-    tensor([[0.8810, 0.5000]])
+    tensor([[-100.0000,    0.8810,    0.5000]])
     ```
     """
     if isinstance(logits, tuple):  # models may return extra outputs after the logits
         logits = logits[0]
-    mask = labels != -100
     probs = logits.float().softmax(dim=-1)[..., 0]
-    packed = torch.full((labels.shape[0], max(int(mask.sum(dim=1).max()), 1)), -100.0, device=probs.device)
-    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(labels)
-    packed[rows[mask], (mask.cumsum(dim=1) - 1)[mask]] = probs[mask]
-    return packed
+    return torch.where(labels != -100, probs, torch.full_like(probs, -100.0))
 
 
 def compute_step_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     """
     Step accuracy and F1 of the positive and of the negative steps.
 
-    Predictions come from [`positive_probabilities`]; a step is predicted positive when P(positive) >= 0.5 and is
-    positive when its label is > 0.5 (evaluation labels are hard).
+    Predictions come from [`positive_probabilities`] (-100 off the labelled steps); a step is predicted positive when
+    P(positive) >= 0.5 and is positive when its label is > 0.5 (evaluation labels are hard).
 
     Example:
 
     ```python
-    >>> preds = np.array([[0.9, 0.2, -100.0], [0.6, 0.7, 0.1]])
+    >>> preds = np.array([[-100, 0.9, -100, 0.2, -100], [0.6, 0.7, 0.1, -100, -100]])
     >>> labels = np.array([[-100, 1.0, -100, 0.0, -100], [1.0, 0.0, 0.0, -100, -100]])
     >>> {k: round(v, 3) for k, v in compute_step_metrics(EvalPrediction(preds, labels)).items()}
     {'step_accuracy': 0.8, 'f1_positive': 0.8, 'f1_negative': 0.8}
     ```
     """
     predictions, labels = eval_pred.predictions, eval_pred.label_ids
-    predicted = predictions[predictions != -100] >= 0.5
-    target = labels[labels != -100] > 0.5
-    if predicted.shape != target.shape:
-        raise ValueError(f"{predicted.size} step predictions for {target.size} labelled steps.")
+    mask = labels != -100
+    predicted = predictions[mask] >= 0.5
+    target = labels[mask] > 0.5
 
     def f1(positive_class: bool) -> float:
         tp = np.sum((predicted == positive_class) & (target == positive_class))
@@ -539,12 +534,10 @@ class PRMTrainer(_BaseTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        inputs.pop("num_steps", None)
-        if num_items_in_batch is None:
-            # Evaluation and `prediction_step` do not count; normalise by this batch's labelled steps
-            num_items_in_batch = (inputs["labels"] != -100).sum()
-        outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
-        loss = outputs.loss
+        inputs.pop("num_steps", None)  # collator bookkeeping, not a model input
+        # The Trainer passes `num_items_in_batch` to the model and rescales the loss by the number of processes when
+        # the count is global (`average_tokens_across_devices`), so DDP/DeepSpeed gradient averaging stays exact
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
 
         with torch.no_grad():
             labels = inputs["labels"]

@@ -70,22 +70,21 @@ def test_make_targets_hard_soft_and_labels_only():
     assert make_targets(steps, [[1, 0, 1]], None, "hard", tau=0.0) == {"labels": [[1.0, 0.0, 1.0]]}
 
 
-def test_positive_probabilities_packs_labelled_positions():
-    logits = torch.zeros(2, 5, 2)
+def test_positive_probabilities_keeps_only_labelled_positions():
+    logits = torch.zeros(2, 4, 2)
     logits[0, 1] = torch.tensor([2.0, 0.0])
     logits[0, 3] = torch.tensor([0.0, 2.0])
-    logits[1, 4] = torch.tensor([1.0, 0.0])
-    labels = torch.full((2, 5), -100.0)
-    labels[0, 1], labels[0, 3], labels[1, 4] = 1.0, 0.0, 1.0
-    packed = positive_probabilities(logits, labels)
+    logits[1, 2] = torch.tensor([1.0, 0.0])
+    labels = torch.full((2, 4), -100.0)
+    labels[0, 1], labels[0, 3], labels[1, 2] = 1.0, 0.0, 1.0
     sig2, sig1 = torch.sigmoid(torch.tensor(2.0)).item(), torch.sigmoid(torch.tensor(1.0)).item()
-    expected = torch.tensor([[sig2, 1 - sig2], [sig1, -100.0]])
-    torch.testing.assert_close(packed, expected)
+    expected = torch.tensor([[-100.0, sig2, -100.0, 1 - sig2], [-100.0, -100.0, sig1, -100.0]])
+    torch.testing.assert_close(positive_probabilities(logits, labels), expected)
 
 
 def test_compute_step_metrics_against_hand_counts():
     # 6 labelled steps: targets 1,0,1,1,0,0 ; predictions 1,0,0,1,1,0 -> TP=2 FN=1 FP=1 TN=2
-    preds = np.array([[0.9, 0.1, 0.4, -100.0], [0.8, 0.7, 0.2, -100.0]])
+    preds = np.array([[0.9, -100, 0.1, 0.4, -100], [0.8, 0.7, -100, 0.2, -100]])
     labels = np.array([[1.0, -100, 0.0, 1.0, -100], [1.0, 0.0, -100, 0.0, -100]])
     metrics = compute_step_metrics(EvalPrediction(predictions=preds, label_ids=labels))
     assert metrics == pytest.approx({"step_accuracy": 4 / 6, "f1_positive": 4 / 6, "f1_negative": 4 / 6})
