@@ -140,3 +140,53 @@ def test_ddp_resume_matches_an_uninterrupted_run(assets, tmp_path):
     resumed, _ = load_prm(workdir / "data" / "resumed")
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process_with_the_same_global_batch(assets, tmp_path):
+    """2 processes x 1 rollout == 1 process x 2 rollouts: the loss is normalised by the labelled steps of all ranks."""
+    workdir = _tiny_recipe_workdir(tmp_path, assets["model"])
+    one_sgd_step = [
+        "recipes/train.py",
+        "--config",
+        "recipes/tiny/config_sample.yaml",
+        "--eval_ratio",
+        "0",
+        "--optim",
+        "sgd",
+        "--learning_rate",
+        "1.0",
+        "--weight_decay",
+        "0",
+        "--warmup_steps",
+        "0",
+        "--lr_scheduler_type",
+        "constant",
+        "--max_grad_norm",
+        "1e9",
+        "--max_steps",
+        "1",
+        "--train_sampling_strategy",
+        "sequential",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    single = subprocess.run(
+        [sys.executable, *one_sgd_step, "--per_device_train_batch_size", "2", "--output_dir", "data/single"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert single.returncode == 0, single.stderr[-5000:]
+    ddp_args = ["--config_file", "recipes/accelerate_configs/ddp.yaml", "--num_processes", "2", "--cpu"]
+    ddp = _launch(
+        [*ddp_args, *one_sgd_step, "--per_device_train_batch_size", "1", "--output_dir", "data/ddp"], workdir
+    )
+    assert ddp.returncode == 0, ddp.stderr[-5000:]
+    base, _ = load_prm(assets["model"])
+    one, _ = load_prm(workdir / "data" / "single")
+    two, _ = load_prm(workdir / "data" / "ddp")
+    assert not torch.equal(one.score.weight, base.score.weight)
+    torch.testing.assert_close(two.score.weight, one.score.weight, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(two.score.bias, one.score.bias, rtol=1e-4, atol=1e-6)
