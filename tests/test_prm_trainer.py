@@ -285,3 +285,16 @@ def test_soft_labels_and_field_names(assets, tmp_path):
     # evaluation targets are always hard labels
     assert trainer.eval_dataset["labels"][1] == [1.0 if v > 0 else 0.0 for v in train["mc"][1]]
     assert "steps" in trainer.train_dataset.column_names
+
+
+def test_hub_style_image_features(assets, tmp_path):
+    """Subsets loaded from the Hub carry `List(Image())` columns: no path checks, images reach the processor."""
+    from datasets import Image, List
+
+    train = prm_dataset(assets["images"], num_rows=4).cast_column("image", List(Image()))
+    args = tiny_config(tmp_path, image_root="/elsewhere", train_sampling_strategy="sequential")
+    trainer = PRMTrainer(assets["model"], args=args, train_dataset=train)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["pixel_values"].shape[0] > 0 and (batch["labels"] != -100).sum() == sum(
+        len(steps) for steps in train["steps"][:2]
+    )
