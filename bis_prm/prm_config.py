@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from transformers.utils import is_torch_bf16_gpu_available
 from trl.trainer.base_config import _BaseConfig
 
@@ -155,6 +157,7 @@ class PRMConfig(_BaseConfig):
     )
 
     def __post_init__(self):
+        _set_cpu_distributed_defaults(self)
         # bf16 where the hardware has it; TrainingArguments refuses bf16 on a CPU-only machine unless `use_cpu`
         if self.bf16 is None:
             self.bf16 = not self.fp16 and not self.use_cpu and is_torch_bf16_gpu_available()
@@ -167,3 +170,16 @@ class PRMConfig(_BaseConfig):
             raise ValueError(f"`tau` must be in [0, 1), got {self.tau}.")
         if self.max_length is not None and self.max_length <= 0:
             raise ValueError(f"`max_length` must be positive or None, got {self.max_length}.")
+
+
+def _set_cpu_distributed_defaults(args: PRMConfig) -> None:
+    # Workaround for launches on a machine without any accelerator (the tiny recipe, CI): accelerate only sets up a
+    # process group there when told so, and otherwise each launched process trains alone as a 1-process world.
+    # DeepSpeed configs need the gloo backend named explicitly; DDP configs need `use_cpu` (MULTI_CPU over gloo).
+    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1
+    if not launched or torch.accelerator.is_available() or args.use_cpu or args.ddp_backend is not None:
+        return
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        args.ddp_backend = "gloo"
+    else:
+        args.use_cpu = True
