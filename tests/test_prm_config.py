@@ -1,3 +1,4 @@
+import argparse
 import re
 
 import pytest
@@ -76,3 +77,22 @@ def test_selection_from_the_command_line_is_json(tmp_path):
     assert args.selection == {"method": "bis", "ratio": 0.25, "alpha": 0.05}
     with pytest.raises(ValueError, match=r"unknown keys \['topk'\]"):
         ScriptArguments("corpus", selection={"method": "bis", "topk": 3})
+
+
+@pytest.mark.skipif(__import__("torch").accelerator.is_available(), reason="CPU-only launch defaults")
+def test_cpu_only_launches_get_a_process_group(tmp_path, monkeypatch):
+    # Plain `python recipes/train.py`: nothing changes
+    args = PRMConfig(output_dir=str(tmp_path))
+    assert (args.ddp_backend, args.use_cpu) == (None, False)
+    # Fields as an `accelerate launch` process sees them, checked before TrainingArguments sets up the devices
+    from bis_prm.prm_config import _set_cpu_distributed_defaults
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    deepspeed = argparse.Namespace(use_cpu=False, ddp_backend=None)
+    _set_cpu_distributed_defaults(deepspeed)
+    assert (deepspeed.ddp_backend, deepspeed.use_cpu) == ("gloo", False)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    ddp = argparse.Namespace(use_cpu=False, ddp_backend=None)
+    _set_cpu_distributed_defaults(ddp)
+    assert (ddp.ddp_backend, ddp.use_cpu) == (None, True)
