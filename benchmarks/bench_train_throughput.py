@@ -35,11 +35,11 @@ import torch
 from datasets import Dataset
 from PIL import Image
 from transformers import TrainerCallback
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, TrlParser
 
 from bis_prm.prm_config import PRMConfig
 from bis_prm.prm_trainer import _VISION_TOWER_NAMES, PRMTrainer
-from bis_prm.training import ScriptArguments, load_prm_datasets
+from bis_prm.training import ScriptArguments, get_prm_peft_config, load_prm_datasets
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 
@@ -215,9 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     model_name = random_init_7b(workdir) if args.random_init_7b else model_args.model_name_or_path
     if model_args.dtype is not None:
         training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), "dtype": model_args.dtype}
-    peft_config = get_peft_config(model_args)
-    if peft_config is not None:
-        peft_config.task_type = "TOKEN_CLS"
+    peft_config = get_prm_peft_config(model_args)
 
     callback = ThroughputCallback(args.warmup_steps)
     trainer = PRMTrainer(model_name, args=training_args, train_dataset=train_dataset, peft_config=peft_config)

@@ -17,8 +17,9 @@ from typing import Any
 import datasets
 import transformers
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-from trl import ModelConfig, get_peft_config
+from trl import ModelConfig
 
+from bis_prm.modeling_prm import prm_lora_config
 from bis_prm.prm_config import PRMConfig
 from bis_prm.prm_trainer import PRMTrainer
 
@@ -166,11 +167,7 @@ def main(script_args: ScriptArguments, training_args: PRMConfig, model_args: Mod
         model_init_kwargs.setdefault("attn_implementation", model_args.attn_implementation)
     training_args.model_init_kwargs = model_init_kwargs
 
-    peft_config = get_peft_config(model_args)
-    if peft_config is not None and peft_config.task_type != "TOKEN_CLS":
-        # ModelConfig defaults to CAUSAL_LM; a PRM is token classification, whose task keeps `score` trainable
-        logger.info("Setting `lora_task_type` to TOKEN_CLS (was %s).", peft_config.task_type)
-        peft_config.task_type = "TOKEN_CLS"
+    peft_config = get_prm_peft_config(model_args)
 
     trainer = PRMTrainer(
         model=model_args.model_name_or_path,
@@ -212,6 +209,29 @@ def main(script_args: ScriptArguments, training_args: PRMConfig, model_args: Mod
     return metrics
 
 
+def get_prm_peft_config(model_args: ModelConfig):
+    """
+    The LoRA config of a PRM from TRL's `ModelConfig` (`use_peft`, `lora_r`, ...), or `None` without `use_peft`.
+
+    Always `task_type="TOKEN_CLS"` (whatever `lora_task_type` says) so the `score` head stays trainable; without
+    `lora_target_modules` the adapters go on the language model's projections
+    ([`~bis_prm.modeling_prm.prm_lora_config`]). With LoRA, the output directory holds the adapter.
+
+    >>> get_prm_peft_config(ModelConfig(use_peft=True, lora_r=8)).task_type
+    'TOKEN_CLS'
+    """
+    if not model_args.use_peft:
+        return None
+    kwargs = {"use_rslora": model_args.use_rslora, "use_dora": model_args.use_dora}
+    if model_args.lora_target_modules is not None:
+        kwargs["target_modules"] = model_args.lora_target_modules
+    if model_args.lora_modules_to_save is not None:
+        kwargs["modules_to_save"] = model_args.lora_modules_to_save
+    return prm_lora_config(
+        r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout, **kwargs
+    )
+
+
 def _setup_logging(training_args: PRMConfig) -> None:
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
@@ -224,4 +244,4 @@ def _setup_logging(training_args: PRMConfig) -> None:
     transformers.utils.logging.set_verbosity(log_level)
 
 
-__all__ = ["ScriptArguments", "load_prm_datasets", "main"]
+__all__ = ["ScriptArguments", "get_prm_peft_config", "load_prm_datasets", "main"]

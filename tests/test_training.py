@@ -191,3 +191,14 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(assets, 
     assert not torch.equal(one.score.weight, base.score.weight)
     torch.testing.assert_close(two.score.weight, one.score.weight, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(two.score.bias, one.score.bias, rtol=1e-4, atol=1e-6)
+
+
+def test_peft_config_is_token_classification_on_the_language_model():
+    from bis_prm.training import get_prm_peft_config
+
+    assert get_prm_peft_config(ModelConfig()) is None
+    config = get_prm_peft_config(ModelConfig(use_peft=True, lora_r=8, lora_task_type="CAUSAL_LM"))
+    assert (config.task_type, config.r) == ("TOKEN_CLS", 8)
+    assert "language_model" in config.target_modules and "score" in config.modules_to_save
+    custom = get_prm_peft_config(ModelConfig(use_peft=True, lora_target_modules=["q_proj"]))
+    assert set(custom.target_modules) == {"q_proj"}
