@@ -1,0 +1,185 @@
+"""Configuration of the [`PRMTrainer`]: TRL's trainer config plus the fields of multimodal PRM training."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers.utils import is_torch_bf16_gpu_available
+from trl.trainer.base_config import _BaseConfig
+
+
+@dataclass
+class PRMConfig(_BaseConfig):
+    r"""
+    Configuration class for the [`PRMTrainer`].
+
+    This class includes only the parameters that are specific to process-reward-model training. For the full list of
+    training arguments, see [`~transformers.TrainingArguments`]. The defaults follow the training recipe of the BIS
+    paper ([Training Data Efficiency in Multimodal Process Reward Models](https://huggingface.co/papers/2602.11111)),
+    itself the VisualPRM recipe.
+
+    Using [`~transformers.HfArgumentParser`] (or TRL's `TrlParser`) this class turns into command-line arguments.
+
+    Parameters:
+        > Parameters that control the model
+
+        model_init_kwargs (`dict[str, Any]`, *optional*):
+            Keyword arguments for `from_pretrained`, used when the `model` argument of the [`PRMTrainer`] is a model id
+            or path (passed through [`~bis_prm.modeling_prm.load_prm`]).
+        head (`str`, *optional*, defaults to `"yes_no"`):
+            Head created when the model is a base VLM: `"yes_no"` initialises the 2-row `score` head from the LM
+            head's "Yes"/"No" rows, `"linear"` initialises it randomly. Ignored for a model that already is a PRM.
+        step_token (`str`, *optional*, defaults to `"<prm>"`):
+            Token placed after every step; the PRM is trained and read at these positions.
+        freeze_vision_tower (`bool`, *optional*, defaults to `True`):
+            Freeze the vision encoder (ViT) and train the projector and the language model, as in the paper.
+
+        > Parameters that control the data preprocessing
+
+        dataset_image_field (`str`, *optional*, defaults to `"image"`):
+            Column with the image(s) of a rollout: a path, a list of paths, or `Image()` features.
+        dataset_question_field (`str`, *optional*, defaults to `"question"`):
+            Column with the question.
+        dataset_steps_field (`str`, *optional*, defaults to `"steps"`):
+            Column with the list of solution steps.
+        dataset_labels_field (`str`, *optional*, defaults to `"labels"`):
+            Column with the per-step hard labels (0/1).
+        dataset_mc_scores_field (`str`, *optional*, defaults to `"mc_scores"`):
+            Column with the per-step Monte Carlo scores in [0, 1]; used by `label_mode` when present.
+        label_mode (`str`, *optional*, defaults to `"hard"`):
+            Training targets. `"hard"`: `1.0 if mc_score > tau else 0.0` when the MC-score column exists, else the
+            labels column. `"soft"`: the MC score itself (requires the MC-score column).
+        tau (`float`, *optional*, defaults to `0.0`):
+            Threshold turning MC scores into hard labels (the BIS paper's `tau`).
+        image_root (`str`, *optional*):
+            Directory that relative image paths are resolved against.
+        max_length (`int`, *optional*, defaults to `4096`):
+            Maximum number of tokens of a rendered rollout. Longer rollouts are truncated and only the step tokens
+            that survive keep their labels. `None` disables truncation.
+        max_pixels (`int`, *optional*):
+            Upper bound on the pixels of each image for processors that resize dynamically (Qwen2.5-VL's
+            `size["longest_edge"]`). `None` keeps the processor's setting.
+        max_tiles (`int`, *optional*):
+            Upper bound on the number of tiles per image for tiling processors (InternVL's `max_patches`). `None` keeps
+            the processor's setting.
+        max_images (`int`, *optional*):
+            Keep at most this many images per rollout. `None` keeps them all.
+        dataset_num_proc (`int`, *optional*):
+            Number of processes used to prepare the dataset.
+        max_validation_errors (`int`, *optional*, defaults to `20`):
+            The validation pass run before training collects up to this many problems and raises them together.
+
+    > [!NOTE]
+    > These parameters have default values different from [`~transformers.TrainingArguments`]:
+    > - `learning_rate`: Defaults to `1e-5` instead of `5e-5`.
+    > - `weight_decay`: Defaults to `0.05` instead of `0.0`.
+    > - `warmup_steps`: Defaults to `0.05` (a ratio of the total steps) instead of `0`.
+    > - `lr_scheduler_type`: Defaults to `"cosine"` instead of `"linear"`.
+    > - `num_train_epochs`: Defaults to `1` instead of `3`.
+    > - `logging_steps`: Defaults to `10` instead of `500`.
+    > - `gradient_checkpointing`: Defaults to `True` instead of `False`.
+    > - `bf16`: Defaults to `True` on a bf16-capable accelerator when `fp16` is not set, `False` on CPU.
+    > - `remove_unused_columns`: Defaults to `False` instead of `True`: the collator reads the raw columns.
+    """
+
+    _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs"]
+
+    # Parameters whose default values are overridden from TrainingArguments
+    learning_rate: float = field(default=1e-5, metadata={"help": "The initial learning rate for AdamW."})
+    weight_decay: float = field(default=0.05, metadata={"help": "Weight decay for AdamW."})
+    warmup_steps: float = field(
+        default=0.05,
+        metadata={"help": "Linear warmup: an integer number of steps, or a float in [0, 1) as a ratio of all steps."},
+    )
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "The scheduler type to use."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Total number of training epochs."})
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Keep the raw columns: the PRM collator renders rollouts from them."},
+    )
+
+    # Parameters that control the model
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for `from_pretrained` when the model is given as an id or a path."},
+    )
+    head: str = field(
+        default="yes_no",
+        metadata={
+            "help": "Head created for a base VLM: `yes_no` (from the LM head's Yes/No rows) or `linear` (random).",
+            "choices": ["yes_no", "linear"],
+        },
+    )
+    step_token: str = field(default="<prm>", metadata={"help": "Token placed after every step."})
+    freeze_vision_tower: bool = field(
+        default=True,
+        metadata={"help": "Freeze the vision encoder and train the projector and the language model."},
+    )
+
+    # Parameters that control the data preprocessing
+    dataset_image_field: str = field(default="image", metadata={"help": "Column with the image(s)."})
+    dataset_question_field: str = field(default="question", metadata={"help": "Column with the question."})
+    dataset_steps_field: str = field(default="steps", metadata={"help": "Column with the list of steps."})
+    dataset_labels_field: str = field(default="labels", metadata={"help": "Column with the per-step hard labels."})
+    dataset_mc_scores_field: str = field(
+        default="mc_scores", metadata={"help": "Column with the per-step Monte Carlo scores."}
+    )
+    label_mode: str = field(
+        default="hard",
+        metadata={
+            "help": "`hard`: 1 if mc_score > tau else 0 (or the labels column); `soft`: the MC score itself.",
+            "choices": ["hard", "soft"],
+        },
+    )
+    tau: float = field(default=0.0, metadata={"help": "Threshold turning MC scores into hard labels."})
+    image_root: str | None = field(
+        default=None, metadata={"help": "Directory that relative image paths are resolved against."}
+    )
+    max_length: int | None = field(
+        default=4096,
+        metadata={"help": "Maximum tokens per rollout; truncation keeps labels on the surviving step tokens."},
+    )
+    max_pixels: int | None = field(
+        default=None, metadata={"help": "Maximum pixels per image for dynamic-resolution processors (Qwen2.5-VL)."}
+    )
+    max_tiles: int | None = field(
+        default=None, metadata={"help": "Maximum tiles per image for tiling processors (InternVL)."}
+    )
+    max_images: int | None = field(default=None, metadata={"help": "Keep at most this many images per rollout."})
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "Number of processes used to prepare the dataset."}
+    )
+    max_validation_errors: int = field(
+        default=20, metadata={"help": "Number of dataset problems collected before the validation pass raises."}
+    )
+
+    def __post_init__(self):
+        _set_cpu_distributed_defaults(self)
+        # bf16 where the hardware has it; TrainingArguments refuses bf16 on a CPU-only machine unless `use_cpu`
+        if self.bf16 is None:
+            self.bf16 = not self.fp16 and not self.use_cpu and is_torch_bf16_gpu_available()
+        super().__post_init__()
+        if self.head not in ("yes_no", "linear"):
+            raise ValueError(f"`head` must be 'yes_no' or 'linear', got {self.head!r}.")
+        if self.label_mode not in ("hard", "soft"):
+            raise ValueError(f"`label_mode` must be 'hard' or 'soft', got {self.label_mode!r}.")
+        if not 0.0 <= self.tau < 1.0:
+            raise ValueError(f"`tau` must be in [0, 1), got {self.tau}.")
+        if self.max_length is not None and self.max_length <= 0:
+            raise ValueError(f"`max_length` must be positive or None, got {self.max_length}.")
+
+
+def _set_cpu_distributed_defaults(args: PRMConfig) -> None:
+    # Workaround for launches on a machine without any accelerator (the tiny recipe, CI): accelerate only sets up a
+    # process group there when told so, and otherwise each launched process trains alone as a 1-process world.
+    # DeepSpeed configs need the gloo backend named explicitly; DDP configs need `use_cpu` (MULTI_CPU over gloo).
+    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1
+    if not launched or torch.accelerator.is_available() or args.use_cpu or args.ddp_backend is not None:
+        return
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        args.ddp_backend = "gloo"
+    else:
+        args.use_cpu = True

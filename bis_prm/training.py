@@ -1,0 +1,247 @@
+"""The training script behind `recipes/train.py`: load or select the data, train a PRM, save, evaluate, push.
+
+`main(script_args, training_args, model_args)` is the whole run, so the quickstart and the tests call the same code
+path as `accelerate launch recipes/train.py --config recipe.yaml`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import transformers
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from trl import ModelConfig
+
+from bis_prm.modeling_prm import prm_lora_config
+from bis_prm.prm_config import PRMConfig
+from bis_prm.prm_trainer import PRMTrainer
+
+logger = logging.getLogger(__name__)
+
+_SELECTION_KEYS = ("method", "ratio", "alpha", "tau", "seed")
+_DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass
+class ScriptArguments:
+    """
+    Data arguments of the training script.
+
+    Parameters:
+        dataset_name (`str`):
+            Where the rollouts come from: a local corpus root or Hub repo in the VisualPRM400K-Raw layout (needs
+            `selection`), a pushed subset repo (`load_dataset("user/subset")`), a local subset file
+            (`.jsonl`/`.json`/`.parquet`) or a directory written by `Dataset.save_to_disk`.
+        dataset_config (`str`, *optional*):
+            Configuration name of a Hub dataset.
+        dataset_train_split (`str`, *optional*, defaults to `"train"`):
+            Split used for training.
+        dataset_test_split (`str`, *optional*):
+            Split used for evaluation, when the dataset has one.
+        eval_ratio (`float`, *optional*, defaults to `0.0`):
+            Share of the training rollouts held out for evaluation when there is no test split.
+        selection (`dict`, *optional*):
+            Run data selection on the fly with `bis_prm.selection.build_subset`: keys `method` (`"bis"`, ...),
+            `ratio`, `alpha`, `tau`, `seed`. Leave unset to train on `dataset_name` as is.
+    """
+
+    dataset_name: str = field(metadata={"help": "Corpus root / Hub repo (with `selection`), subset repo or file."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a Hub dataset."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split used for training."})
+    dataset_test_split: str | None = field(default=None, metadata={"help": "Split used for evaluation."})
+    eval_ratio: float = field(
+        default=0.0, metadata={"help": "Share of training rollouts held out for evaluation without a test split."}
+    )
+    selection: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": 'Select on the fly, e.g. \'{"method": "bis", "ratio": 0.1, "alpha": 0.2}\'.'},
+    )
+
+    def __post_init__(self):
+        if isinstance(self.selection, str):  # from the command line
+            self.selection = json.loads(self.selection)
+        if self.selection is not None:
+            unknown = set(self.selection) - set(_SELECTION_KEYS)
+            if unknown:
+                raise ValueError(f"`selection` has unknown keys {sorted(unknown)}; allowed: {list(_SELECTION_KEYS)}.")
+        if not 0.0 <= self.eval_ratio < 1.0:
+            raise ValueError(f"`eval_ratio` must be in [0, 1), got {self.eval_ratio}.")
+
+
+def load_prm_datasets(
+    script_args: ScriptArguments, seed: int = 0, num_proc: int | None = None
+) -> tuple[Dataset, Dataset | None, dict[str, Any] | None]:
+    """
+    Load (or select) the training rollouts and the evaluation split described by `script_args`.
+
+    Args:
+        script_args ([`ScriptArguments`]):
+            The data arguments.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the `eval_ratio` hold-out split.
+        num_proc (`int`, *optional*):
+            Processes used by the selection.
+
+    Returns:
+        `tuple`: the training `Dataset`, the evaluation `Dataset` (or `None`) and the selection report (or `None`).
+
+    Example:
+
+    ```python
+    >>> train, eval_, report = load_prm_datasets(ScriptArguments("subset.jsonl", eval_ratio=0.1))  # doctest: +SKIP
+    ```
+    """
+    name = script_args.dataset_name
+    report = None
+    if script_args.selection is not None:
+        from bis_prm.selection import build_subset
+
+        dataset, report = build_subset(name, **script_args.selection, num_proc=num_proc)
+        dataset = DatasetDict({script_args.dataset_train_split: dataset})
+    elif Path(name).suffix in _DATA_FILE_BUILDERS and os.path.isfile(name):
+        dataset = load_dataset(_DATA_FILE_BUILDERS[Path(name).suffix], data_files={"train": name})
+    elif any(os.path.isfile(os.path.join(name, marker)) for marker in ("state.json", "dataset_dict.json")):
+        dataset = load_from_disk(name)
+        if isinstance(dataset, Dataset):
+            dataset = DatasetDict({"train": dataset})
+    else:
+        dataset = load_dataset(name, script_args.dataset_config)
+
+    if script_args.dataset_train_split not in dataset:
+        raise ValueError(
+            f"Dataset {name!r} has no split {script_args.dataset_train_split!r}; it has {list(dataset)}. "
+            "Set `dataset_train_split`."
+        )
+    train_dataset = dataset[script_args.dataset_train_split]
+    eval_dataset = None
+    if script_args.dataset_test_split is not None:
+        if script_args.dataset_test_split not in dataset:
+            raise ValueError(
+                f"Dataset {name!r} has no split {script_args.dataset_test_split!r}; it has {list(dataset)}."
+            )
+        eval_dataset = dataset[script_args.dataset_test_split]
+    elif script_args.eval_ratio > 0:
+        split = train_dataset.train_test_split(test_size=script_args.eval_ratio, seed=seed)
+        train_dataset, eval_dataset = split["train"], split["test"]
+    return train_dataset, eval_dataset, report
+
+
+def main(script_args: ScriptArguments, training_args: PRMConfig, model_args: ModelConfig) -> dict[str, float]:
+    """
+    Train a PRM as described by the three argument groups and return the train (and eval) metrics.
+
+    Loads or selects the data, creates the PRM from `model_args.model_name_or_path` (a base VLM gets the head
+    `training_args.head`), trains (resuming from `training_args.resume_from_checkpoint` when set), saves the model
+    (16-bit weights gathered under ZeRO-3) and processor, evaluates when there is an evaluation split, writes the model
+    card and pushes when `training_args.push_to_hub`.
+
+    Example:
+
+    ```python
+    >>> from trl import TrlParser
+    >>> parser = TrlParser((ScriptArguments, PRMConfig, ModelConfig))
+    >>> main(*parser.parse_args_and_config(["--config", "recipes/tiny/config_sample.yaml"]))  # doctest: +SKIP
+    ```
+    """
+    _setup_logging(training_args)
+    if model_args.model_name_or_path is None:
+        raise ValueError("`model_name_or_path` is required: a base VLM or a saved PRM.")
+
+    train_dataset, eval_dataset, report = load_prm_datasets(
+        script_args, seed=training_args.seed, num_proc=training_args.dataset_num_proc
+    )
+    logger.info("Training on %d rollouts, evaluating on %s", len(train_dataset), eval_dataset and len(eval_dataset))
+
+    model_init_kwargs = dict(training_args.model_init_kwargs or {})
+    model_init_kwargs.setdefault("revision", model_args.model_revision)
+    if model_args.dtype is not None:
+        model_init_kwargs.setdefault("dtype", model_args.dtype)
+    if model_args.attn_implementation is not None:
+        model_init_kwargs.setdefault("attn_implementation", model_args.attn_implementation)
+    training_args.model_init_kwargs = model_init_kwargs
+
+    peft_config = get_prm_peft_config(model_args)
+
+    trainer = PRMTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=peft_config,
+    )
+
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = dict(train_result.metrics)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+
+    # Under ZeRO-3, `save_model` gathers the 16-bit weights when `stage3_gather_16bit_weights_on_model_save` is set
+    # (`zero3_save_16bit_model: true` in recipes/accelerate_configs/zero3.yaml), so the directory loads with
+    # `from_pretrained`
+    trainer.save_model(training_args.output_dir)
+
+    eval_results = {}
+    if eval_dataset is not None:
+        eval_results = trainer.evaluate()
+        trainer.log_metrics("eval", eval_results)
+        trainer.save_metrics("eval", eval_results)
+        metrics.update(eval_results)
+
+    selection = None
+    if script_args.selection is not None:
+        selection = {**script_args.selection, "report": report}
+    card_kwargs = {
+        "dataset_name": script_args.dataset_name,
+        "selection": selection,
+        "eval_results": {key: value for key, value in eval_results.items() if isinstance(value, (int, float))},
+    }
+    trainer.create_model_card(**card_kwargs)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card_kwargs)
+    return metrics
+
+
+def get_prm_peft_config(model_args: ModelConfig):
+    """
+    The LoRA config of a PRM from TRL's `ModelConfig` (`use_peft`, `lora_r`, ...), or `None` without `use_peft`.
+
+    Always `task_type="TOKEN_CLS"` (whatever `lora_task_type` says) so the `score` head stays trainable; without
+    `lora_target_modules` the adapters go on the language model's projections
+    ([`~bis_prm.modeling_prm.prm_lora_config`]). With LoRA, the output directory holds the adapter.
+
+    >>> get_prm_peft_config(ModelConfig(use_peft=True, lora_r=8)).task_type
+    'TOKEN_CLS'
+    """
+    if not model_args.use_peft:
+        return None
+    kwargs = {"use_rslora": model_args.use_rslora, "use_dora": model_args.use_dora}
+    if model_args.lora_target_modules is not None:
+        kwargs["target_modules"] = model_args.lora_target_modules
+    if model_args.lora_modules_to_save is not None:
+        kwargs["modules_to_save"] = model_args.lora_modules_to_save
+    return prm_lora_config(
+        r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout, **kwargs
+    )
+
+
+def _setup_logging(training_args: PRMConfig) -> None:
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+
+
+__all__ = ["ScriptArguments", "get_prm_peft_config", "load_prm_datasets", "main"]

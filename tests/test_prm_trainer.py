@@ -1,0 +1,303 @@
+import inspect
+import re
+
+import numpy as np
+import pytest
+import torch
+import transformers
+import trl
+from _trainer_utils import prm_dataset, state_dict_cpu, tiny_config, tiny_vlm, write_images
+from packaging.version import Version
+from transformers.trainer_utils import EvalPrediction
+
+from bis_prm.inference import score_steps
+from bis_prm.modeling_prm import load_prm
+from bis_prm.prm_config import PRMConfig
+from bis_prm.prm_trainer import (
+    PRMDatasetError,
+    PRMTrainer,
+    compute_step_metrics,
+    freeze_vision_tower,
+    make_targets,
+    positive_probabilities,
+    validate_prm_dataset,
+)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prm_trainer")
+    return {"model": tiny_vlm(root), "images": write_images(root / "images")}
+
+
+# ---- the TRL base we rely on ----
+
+
+def test_trl_base_guard():
+    """Fails when the private TRL base (or the transformers hooks) that PRMTrainer builds on moves."""
+    from trl.trainer.base_config import _BaseConfig
+    from trl.trainer.base_trainer import _BaseTrainer
+
+    assert Version("1.10") <= Version(trl.__version__) < Version("1.17"), "update the TRL pin in setup.cfg"
+    assert PRMTrainer.__mro__[1:3] == (_BaseTrainer, transformers.Trainer)
+    assert PRMConfig.__mro__[1:3] == (_BaseConfig, transformers.TrainingArguments)
+    # _BaseConfig supplies these defaults; PRMConfig documents them as TRL's
+    fields = _BaseConfig.__dataclass_fields__
+    assert fields["gradient_checkpointing"].default is True and fields["logging_steps"].default == 10
+    assert "_VALID_DICT_FIELDS" in vars(transformers.TrainingArguments)
+    # Model-card hook and metadata attributes we override / fill
+    assert list(inspect.signature(_BaseTrainer.create_model_card).parameters) == [
+        "self",
+        "model_name",
+        "dataset_name",
+        "tags",
+    ]
+    assert {"_tag_names", "_name", "_paper", "loss_is_scaled_for_ga"} <= set(vars(_BaseTrainer))
+    # Gradient accumulation: the Trainer counts `labels != -100` and passes `num_items_in_batch` to compute_loss
+    assert "num_items_in_batch" in inspect.signature(transformers.Trainer.compute_loss).parameters
+    assert "labels.ne(-100)" in inspect.getsource(transformers.Trainer._get_num_items_in_batch)
+    assert "train_sampling_strategy" in transformers.TrainingArguments.__dataclass_fields__
+
+
+# ---- pure pieces ----
+
+
+def test_make_targets_hard_soft_and_labels_only():
+    steps = [["a", "b", "c"]]
+    assert make_targets(steps, None, [[0.25, 0.0, 0.5]], "hard", tau=0.0) == {"labels": [[1.0, 0.0, 1.0]]}
+    assert make_targets(steps, None, [[0.25, 0.0, 0.5]], "hard", tau=0.3) == {"labels": [[0.0, 0.0, 1.0]]}
+    assert make_targets(steps, None, [[0.25, 0.0, 0.5]], "soft", tau=0.0) == {"labels": [[0.25, 0.0, 0.5]]}
+    assert make_targets(steps, [[1, 0, 1]], None, "hard", tau=0.0) == {"labels": [[1.0, 0.0, 1.0]]}
+
+
+def test_positive_probabilities_keeps_only_labelled_positions():
+    logits = torch.zeros(2, 4, 2)
+    logits[0, 1] = torch.tensor([2.0, 0.0])
+    logits[0, 3] = torch.tensor([0.0, 2.0])
+    logits[1, 2] = torch.tensor([1.0, 0.0])
+    labels = torch.full((2, 4), -100.0)
+    labels[0, 1], labels[0, 3], labels[1, 2] = 1.0, 0.0, 1.0
+    sig2, sig1 = torch.sigmoid(torch.tensor(2.0)).item(), torch.sigmoid(torch.tensor(1.0)).item()
+    expected = torch.tensor([[-100.0, sig2, -100.0, 1 - sig2], [-100.0, -100.0, sig1, -100.0]])
+    torch.testing.assert_close(positive_probabilities(logits, labels), expected)
+
+
+def test_compute_step_metrics_against_hand_counts():
+    # 6 labelled steps: targets 1,0,1,1,0,0 ; predictions 1,0,0,1,1,0 -> TP=2 FN=1 FP=1 TN=2
+    preds = np.array([[0.9, -100, 0.1, 0.4, -100], [0.8, 0.7, -100, 0.2, -100]])
+    labels = np.array([[1.0, -100, 0.0, 1.0, -100], [1.0, 0.0, -100, 0.0, -100]])
+    metrics = compute_step_metrics(EvalPrediction(predictions=preds, label_ids=labels))
+    assert metrics == pytest.approx({"step_accuracy": 4 / 6, "f1_positive": 4 / 6, "f1_negative": 4 / 6})
+    # A different confusion matrix gives different F1s per class
+    preds = np.array([[0.9, 0.9, 0.9, 0.9]])
+    labels = np.array([[1.0, 1.0, 1.0, 0.0]])
+    metrics = compute_step_metrics(EvalPrediction(predictions=preds, label_ids=labels))
+    assert metrics == pytest.approx({"step_accuracy": 0.75, "f1_positive": 6 / 7, "f1_negative": 0.0})
+
+
+# ---- validation pass ----
+
+
+def _expect_problems(dataset, args, *fragments):
+    with pytest.raises(PRMDatasetError) as error:
+        validate_prm_dataset(dataset, args)
+    for fragment in fragments:
+        assert fragment in str(error.value), str(error.value)
+    return str(error.value)
+
+
+def test_validation_missing_column(assets, tmp_path):
+    dataset = prm_dataset(assets["images"]).remove_columns(["steps"])
+    _expect_problems(dataset, PRMConfig(str(tmp_path)), "missing the required column(s) ['steps']")
+    # labels are only required when there are no MC scores to derive them from
+    no_targets = prm_dataset(assets["images"]).remove_columns(["labels", "mc_scores"])
+    _expect_problems(no_targets, PRMConfig(str(tmp_path)), "['labels']")
+    soft = PRMConfig(str(tmp_path), label_mode="soft")
+    _expect_problems(prm_dataset(assets["images"], with_mc=False), soft, "['mc_scores']")
+
+
+def test_validation_collects_every_row_problem_in_one_error(assets, tmp_path):
+    dataset = prm_dataset(assets["images"]).to_list()
+    dataset[1]["labels"] = dataset[1]["labels"][:-1]
+    dataset[3]["mc_scores"][0] = 1.5
+    dataset[5]["image"] = [str(tmp_path / "nowhere.png")]
+    dataset[6]["steps"], dataset[6]["labels"], dataset[6]["mc_scores"] = [], [], []
+    from datasets import Dataset
+
+    message = _expect_problems(
+        Dataset.from_list(dataset),
+        PRMConfig(str(tmp_path)),
+        "(4 problems)",
+        "row 1: column 'labels' has 3 values but 'steps' has 4",
+        "row 3: column 'mc_scores' has values outside [0, 1]: [1.5]",
+        f"row 5: column 'image' names a missing image file: {tmp_path / 'nowhere.png'}",
+        "row 6: column 'steps' is empty",
+    )
+    assert message.count("\n  - ") == 4
+
+
+def test_validation_stops_after_max_errors_and_resolves_image_root(assets, tmp_path):
+    rows = prm_dataset(assets["images"]).to_list()
+    for row in rows:
+        row["labels"] = [2.0] * len(row["steps"])
+    from datasets import Dataset
+
+    message = _expect_problems(
+        Dataset.from_list(rows), PRMConfig(str(tmp_path), max_validation_errors=3), "at least 3 problems"
+    )
+    assert "row 3" not in message
+    # relative paths are checked against image_root
+    relative = prm_dataset([p.rsplit("/", 1)[-1] for p in assets["images"]])
+    root = assets["images"][0].rsplit("/", 1)[0]
+    validate_prm_dataset(relative, PRMConfig(str(tmp_path), image_root=root))
+    _expect_problems(relative, PRMConfig(str(tmp_path)), "names a missing image file: img_0.png")
+
+
+def test_trainer_validates_before_loading_the_model(assets, tmp_path):
+    bad = prm_dataset(assets["images"]).remove_columns(["question"])
+    # "not/a/model" would fail to load: the validation error must come first
+    with pytest.raises(PRMDatasetError, match=re.escape("missing the required column(s) ['question']")):
+        PRMTrainer("not/a/model", args=tiny_config(tmp_path), train_dataset=bad)
+    with pytest.raises(PRMDatasetError, match="The eval dataset"):
+        PRMTrainer(
+            "not/a/model",
+            args=tiny_config(tmp_path),
+            train_dataset=prm_dataset(assets["images"]),
+            eval_dataset=prm_dataset(assets["images"], with_mc=False).remove_columns(["labels"]),
+        )
+
+
+# ---- model preparation ----
+
+
+def test_freeze_vision_tower_keeps_projector_and_llm_trainable(assets):
+    model, _ = load_prm(assets["model"], head="yes_no")
+    frozen = freeze_vision_tower(model)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    visual = [name for name, _ in model.named_parameters() if ".visual." in f".{name}"]
+    assert frozen == sum(p.numel() for n, p in model.named_parameters() if n in visual and "merger" not in n) > 0
+    assert all(name not in trainable for name in visual if "merger" not in name)
+    assert any("merger" in name for name in trainable)  # the projector
+    assert "score.weight" in trainable and any("language_model" in name for name in trainable)
+
+
+# ---- training ----
+
+
+def test_train_loss_decreases_saves_and_scores(assets, tmp_path):
+    train = prm_dataset(assets["images"], num_rows=8)
+    args = tiny_config(tmp_path / "out", max_steps=12, per_device_train_batch_size=4, learning_rate=2e-3)
+    trainer = PRMTrainer(assets["model"], args=args, train_dataset=train, eval_dataset=train)
+    before = state_dict_cpu(trainer.model)
+    trainer.train()
+
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert len(losses) == 12 and "step_accuracy" in trainer.state.log_history[0]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    after = state_dict_cpu(trainer.model)
+    assert not torch.equal(before["score.weight"], after["score.weight"])
+    frozen_vit = [name for name in before if ".visual.blocks." in f".{name}"]
+    assert frozen_vit and all(torch.equal(before[name], after[name]) for name in frozen_vit)
+
+    metrics = trainer.evaluate()
+    assert {"eval_loss", "eval_step_accuracy", "eval_f1_positive", "eval_f1_negative"} <= set(metrics)
+
+    trainer.save_model(args.output_dir)
+    selection = {"method": "bis", "ratio": 0.1, "alpha": 0.2}
+    trainer.create_model_card(dataset_name="local", selection=selection, eval_results=metrics)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "ratio `0.1`, alpha\n  `0.2`" in card
+    assert f"| eval_f1_positive | {metrics['eval_f1_positive']:.4f} |" in card and "eval_runtime" not in card
+    model, processor = load_prm(args.output_dir)
+    scores = score_steps(model, processor, train.select(range(2)).to_list(), batch_size=2)
+    assert [len(s) for s in scores] == [1, 4] and all(0.0 <= v <= 1.0 for s in scores for v in s)
+    # The reloaded model scores exactly as the trained one
+    trained_scores = score_steps(trainer.model.eval(), processor, train.select(range(2)).to_list(), batch_size=2)
+    np.testing.assert_allclose(sum(scores, []), sum(trained_scores, []), atol=1e-5)
+
+
+def _one_step_gradients(assets, output_dir, batch_size, accumulation):
+    train = prm_dataset(assets["images"], num_rows=4)
+    args = tiny_config(
+        output_dir,
+        max_steps=1,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        optim="sgd",
+        learning_rate=1.0,
+        weight_decay=0.0,
+        max_grad_norm=1e9,
+        train_sampling_strategy="sequential",
+    )
+    trainer = PRMTrainer(assets["model"], args=args, train_dataset=train)
+    before = state_dict_cpu(trainer.model)
+    trainer.train()
+    after = state_dict_cpu(trainer.model)
+    # plain SGD with lr 1: the update is minus the gradient
+    gradients = {name: before[name] - after[name] for name in ("score.weight", "score.bias")}
+    return trainer.state.log_history[0]["loss"], gradients
+
+
+def test_gradient_accumulation_matches_a_full_batch(assets, tmp_path):
+    loss_1x4, grads_1x4 = _one_step_gradients(assets, tmp_path / "a", batch_size=4, accumulation=1)
+    loss_4x1, grads_4x1 = _one_step_gradients(assets, tmp_path / "b", batch_size=1, accumulation=4)
+    assert loss_1x4 == pytest.approx(loss_4x1, rel=1e-4)
+    for name in grads_1x4:
+        assert grads_1x4[name].abs().sum() > 0
+        torch.testing.assert_close(grads_1x4[name], grads_4x1[name], rtol=1e-4, atol=1e-6)
+
+
+def test_resume_gives_the_same_final_weights(assets, tmp_path):
+    train = prm_dataset(assets["images"], num_rows=8)
+
+    def run(output_dir, resume=None):
+        # cosine schedule with warmup: the scheduler and optimizer states must come back too
+        schedule = {"lr_scheduler_type": "cosine", "warmup_steps": 1}
+        args = tiny_config(output_dir, max_steps=4, save_strategy="steps", save_steps=2, **schedule)
+        trainer = PRMTrainer(assets["model"], args=args, train_dataset=train)
+        trainer.train(resume_from_checkpoint=resume)
+        return state_dict_cpu(trainer.model)
+
+    uninterrupted = run(tmp_path / "full")
+    # checkpoint-2 of the uninterrupted run is exactly what a run interrupted after 2 steps leaves behind
+    resumed = run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-2"))
+    initial = state_dict_cpu(load_prm(assets["model"])[0])
+    assert not torch.equal(uninterrupted["score.weight"], initial["score.weight"])
+    for name, tensor in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_group_by_length_adds_token_lengths(assets, tmp_path):
+    train = prm_dataset(assets["images"], num_rows=8)
+    args = tiny_config(tmp_path, train_sampling_strategy="group_by_length", max_steps=1)
+    trainer = PRMTrainer(assets["model"], args=args, train_dataset=train)
+    tokenizer = trainer.processing_class.tokenizer
+    texts = [row["question"] + "".join(row["steps"]) for row in train]
+    expected = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    assert trainer.train_dataset["length"] == expected
+    assert len(set(expected)) > 1
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+def test_soft_labels_and_field_names(assets, tmp_path):
+    train = prm_dataset(assets["images"], num_rows=4).rename_columns({"steps": "solution", "mc_scores": "mc"})
+    args = tiny_config(tmp_path, label_mode="soft", dataset_steps_field="solution", dataset_mc_scores_field="mc")
+    trainer = PRMTrainer(assets["model"], args=args, train_dataset=train, eval_dataset=train)
+    assert trainer.train_dataset["labels"][1] == pytest.approx(train["mc"][1])
+    # evaluation targets are always hard labels
+    assert trainer.eval_dataset["labels"][1] == [1.0 if v > 0 else 0.0 for v in train["mc"][1]]
+    assert "steps" in trainer.train_dataset.column_names
+
+
+def test_hub_style_image_features(assets, tmp_path):
+    """Subsets loaded from the Hub carry `List(Image())` columns: no path checks, images reach the processor."""
+    from datasets import Image, List
+
+    train = prm_dataset(assets["images"], num_rows=4).cast_column("image", List(Image()))
+    args = tiny_config(tmp_path, image_root="/elsewhere", train_sampling_strategy="sequential")
+    trainer = PRMTrainer(assets["model"], args=args, train_dataset=train)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["pixel_values"].shape[0] > 0 and (batch["labels"] != -100).sum() == sum(
+        len(steps) for steps in train["steps"][:2]
+    )

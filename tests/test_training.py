@@ -1,0 +1,204 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _trainer_utils import prm_dataset, tiny_vlm, write_images, write_raw_corpus
+from trl import ModelConfig, TrlParser
+
+from bis_prm.inference import score_steps
+from bis_prm.modeling_prm import load_prm
+from bis_prm.prm_config import PRMConfig
+from bis_prm.selection import build_subset
+from bis_prm.training import ScriptArguments, load_prm_datasets, main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training")
+    return {"root": root, "model": tiny_vlm(root), "images": write_images(root / "images")}
+
+
+def test_load_from_file_and_from_disk_with_eval_split(assets, tmp_path):
+    dataset = prm_dataset(assets["images"], num_rows=8)
+    dataset.to_json(tmp_path / "subset.jsonl")
+    train, eval_, report = load_prm_datasets(ScriptArguments(str(tmp_path / "subset.jsonl"), eval_ratio=0.25))
+    assert (len(train), len(eval_), report) == (6, 2, None)
+    assert sorted([*train["question"], *eval_["question"]]) == sorted(dataset["question"])
+
+    dataset.train_test_split(test_size=3, shuffle=False).save_to_disk(tmp_path / "saved")
+    train, eval_, _ = load_prm_datasets(ScriptArguments(str(tmp_path / "saved"), dataset_test_split="test"))
+    assert (len(train), len(eval_)) == (5, 3)
+    assert list(eval_["question"]) == list(dataset["question"])[5:]
+    with pytest.raises(ValueError, match="has no split 'validation'"):
+        load_prm_datasets(ScriptArguments(str(tmp_path / "saved"), dataset_test_split="validation"))
+
+
+def test_selection_on_the_fly_equals_build_subset(assets, tmp_path):
+    corpus = write_raw_corpus(tmp_path / "corpus")
+    selection = {"method": "bis", "ratio": 0.5, "alpha": 0.2}
+    train, eval_, report = load_prm_datasets(ScriptArguments(str(corpus), selection=selection))
+    expected, expected_report = build_subset(str(corpus), **selection)
+    assert eval_ is None and train.to_list() == expected.to_list()
+    assert report["total"]["kept"] == expected_report["total"]["kept"] == 6
+
+
+def test_main_trains_saves_and_writes_the_model_card(assets, tmp_path):
+    corpus = write_raw_corpus(tmp_path / "corpus")
+    config = tmp_path / "recipe.yaml"
+    config.write_text(
+        f"model_name_or_path: {assets['model']}\n"
+        f"dataset_name: {corpus}\n"
+        "selection:\n  method: bis\n  ratio: 1.0\n  alpha: 0.05\n"
+        "eval_ratio: 0.25\n"
+        f"output_dir: {tmp_path / 'out'}\n"
+        "bf16: false\ngradient_checkpointing: false\nlearning_rate: 1.0e-03\n"
+        "max_steps: 3\nper_device_train_batch_size: 2\nlogging_steps: 1\nsave_strategy: 'no'\n"
+        "disable_tqdm: true\nmax_length: 512\n"
+    )
+    parser = TrlParser((ScriptArguments, PRMConfig, ModelConfig))
+    metrics = main(*parser.parse_args_and_config(["--config", str(config), "--head", "linear"]))
+    assert {"train_loss", "eval_loss", "eval_step_accuracy", "eval_f1_positive", "eval_f1_negative"} <= set(metrics)
+
+    out = tmp_path / "out"
+    card = (out / "README.md").read_text()
+    assert "method `bis`, ratio `1.0`, alpha\n  `0.05`" in card and "Kept 12 of 12 rollouts" in card
+    assert f"| eval_step_accuracy | {metrics['eval_step_accuracy']:.4f} |" in card
+    assert "| head | linear |" in card and "arXiv 2602.11111" not in card  # the citation is BibTeX
+    assert json.loads((out / "eval_results.json").read_text())["eval_loss"] == pytest.approx(metrics["eval_loss"])
+    model, processor = load_prm(out)
+    assert model.config.prm_head == "linear"
+    scores = score_steps(model, processor, prm_dataset(assets["images"], num_rows=2).to_list())
+    assert [len(s) for s in scores] == [1, 4]
+
+
+def _launch(args: list[str], cwd: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _tiny_recipe_workdir(tmp_path: Path, model: str) -> Path:
+    """A working directory laid out as the tiny recipe expects (`data/sample`, `data/tiny-qwen2_5_vl`)."""
+    from bis_prm.sample import make_sample
+
+    (tmp_path / "data").mkdir()
+    make_sample(tmp_path / "data" / "sample")
+    (tmp_path / "data" / "tiny-qwen2_5_vl").symlink_to(model)
+    (tmp_path / "recipes").symlink_to(REPO_ROOT / "recipes")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_zero3_two_processes_on_the_tiny_recipe(assets, tmp_path):
+    """The issue's command: ZeRO-3, 2 CPU processes, tiny recipe; loss goes down and the output loads."""
+    workdir = _tiny_recipe_workdir(tmp_path, assets["model"])
+    result = _launch(
+        [
+            "--config_file",
+            "recipes/accelerate_configs/zero3.yaml",
+            "--num_processes",
+            "2",
+            "recipes/train.py",
+            "--config",
+            "recipes/tiny/config_sample.yaml",
+        ],
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    out = workdir / "data" / "tiny-qwen2_5_vl-PRM-sample"
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert losses[-1] < losses[0]
+    model, processor = load_prm(out)
+    scores = score_steps(model, processor, prm_dataset(write_images(tmp_path / "img"), num_rows=2).to_list())
+    assert [len(s) for s in scores] == [1, 4]
+
+
+@pytest.mark.slow
+def test_ddp_resume_matches_an_uninterrupted_run(assets, tmp_path):
+    """DDP on 2 CPU processes: resuming from the step-2 checkpoint gives the uninterrupted run's final weights."""
+    workdir = _tiny_recipe_workdir(tmp_path, assets["model"])
+    common = ["--config_file", "recipes/accelerate_configs/ddp.yaml", "--num_processes", "2"]
+    recipe = [
+        "recipes/train.py",
+        "--config",
+        "recipes/tiny/config_sample.yaml",
+        "--save_steps",
+        "2",
+    ]
+    # The uninterrupted run leaves checkpoint-2 behind: exactly the state of a run interrupted after 2 steps
+    result = _launch([*common, *recipe, "--output_dir", "data/full", "--max_steps", "4"], cwd=workdir)
+    assert result.returncode == 0, result.stderr[-5000:]
+    resume = ["--max_steps", "4", "--resume_from_checkpoint", "data/full/checkpoint-2"]
+    result = _launch([*common, *recipe, "--output_dir", "data/resumed", *resume], cwd=workdir)
+    assert result.returncode == 0, result.stderr[-5000:]
+    full, _ = load_prm(workdir / "data" / "full")
+    resumed, _ = load_prm(workdir / "data" / "resumed")
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process_with_the_same_global_batch(assets, tmp_path):
+    """2 processes x 1 rollout == 1 process x 2 rollouts: the loss is normalised by the labelled steps of all ranks."""
+    workdir = _tiny_recipe_workdir(tmp_path, assets["model"])
+    one_sgd_step = [
+        "recipes/train.py",
+        "--config",
+        "recipes/tiny/config_sample.yaml",
+        "--eval_ratio",
+        "0",
+        "--optim",
+        "sgd",
+        "--learning_rate",
+        "1.0",
+        "--weight_decay",
+        "0",
+        "--warmup_steps",
+        "0",
+        "--lr_scheduler_type",
+        "constant",
+        "--max_grad_norm",
+        "1e9",
+        "--max_steps",
+        "1",
+        "--train_sampling_strategy",
+        "sequential",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    single = subprocess.run(
+        [sys.executable, *one_sgd_step, "--per_device_train_batch_size", "2", "--output_dir", "data/single"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert single.returncode == 0, single.stderr[-5000:]
+    ddp_args = ["--config_file", "recipes/accelerate_configs/ddp.yaml", "--num_processes", "2"]
+    ddp_run = [*ddp_args, *one_sgd_step, "--per_device_train_batch_size", "1"]
+    ddp = _launch([*ddp_run, "--output_dir", "data/ddp"], workdir)
+    assert ddp.returncode == 0, ddp.stderr[-5000:]
+    base, _ = load_prm(assets["model"])
+    one, _ = load_prm(workdir / "data" / "single")
+    two, _ = load_prm(workdir / "data" / "ddp")
+    assert not torch.equal(one.score.weight, base.score.weight)
+    torch.testing.assert_close(two.score.weight, one.score.weight, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(two.score.bias, one.score.bias, rtol=1e-4, atol=1e-6)
+
+
+def test_peft_config_is_token_classification_on_the_language_model():
+    from bis_prm.training import get_prm_peft_config
+
+    assert get_prm_peft_config(ModelConfig()) is None
+    config = get_prm_peft_config(ModelConfig(use_peft=True, lora_r=8, lora_task_type="CAUSAL_LM"))
+    assert (config.task_type, config.r) == ("TOKEN_CLS", 8)
+    assert "language_model" in config.target_modules and "score" in config.modules_to_save
+    custom = get_prm_peft_config(ModelConfig(use_peft=True, lora_target_modules=["q_proj"]))
+    assert custom.target_modules in ("q_proj", {"q_proj"})  # ModelConfig unwraps a one-item list
