@@ -42,6 +42,11 @@ _EXPORTS = {
     "aggregate_many": "bis_prm.inference",
     "aggregate_scores": "bis_prm.inference",
     "score_steps": "bis_prm.inference",
+    # training: PRMTrainer on TRL
+    "PRMConfig": "bis_prm.prm_config",
+    "PRMTrainer": "bis_prm.prm_trainer",
+    "PRMDatasetError": "bis_prm.prm_trainer",
+    "ScriptArguments": "bis_prm.training",
     # evaluation: VisualProcessBench metric, runner, Best-of-N
     "VISUALPROCESSBENCH": "bis_prm.metrics",
     "compute_visualprocessbench": "bis_prm.metrics",
