@@ -17,7 +17,10 @@ COMMANDS = {
     "eval": ("bis_prm.cli.eval", "Evaluate a PRM on VisualProcessBench (or a benchmark in its layout)."),
     "bon": ("bis_prm.cli.bon", "Best-of-N: rerank candidate solutions by aggregated step scores."),
     "make-sample": ("bis_prm.cli.make_sample", "Write the embedded sample corpus and benchmark to a directory."),
-    "make-tiny-vlm": ("bis_prm.cli.make_tiny_vlm", "Write a tiny random VLM checkpoint (offline) for tests and demos."),
+    "make-tiny-vlm": (
+        "bis_prm.cli.make_tiny_vlm",
+        "Write a tiny random VLM checkpoint (offline) for tests and demos.",
+    ),
     "publish-metric": ("bis_prm.cli.publish_metric", "Publish the visualprocessbench metric as a Hub Space."),
     "quickstart": ("bis_prm.cli.quickstart", "Run selection -> training -> evaluation on the embedded sample."),
 }
