@@ -74,7 +74,7 @@ class SampleConfig:
         corpus_error_rate (`float`, *optional*, defaults to `0.12`):
             Probability that a training rollout contains a wrong step (the policy errs rarely, so few rollouts
             are mixed).
-        benchmark_error_rate (`float`, *optional*, defaults to `0.65`):
+        benchmark_error_rate (`float`, *optional*, defaults to `0.72`):
             Probability that a benchmark response contains a wrong step (the benchmark is harder, ~40 % of its
             steps are wrong).
         pseudo_positive_rate (`float`, *optional*, defaults to `0.2`):
@@ -98,7 +98,7 @@ class SampleConfig:
     image_size: int = field(default=56, metadata={"help": "Side of the square PNG images, in pixels."})
     max_rollouts_per_question: int = field(default=4, metadata={"help": "Most rollouts sharing one question."})
     corpus_error_rate: float = field(default=0.12, metadata={"help": "Share of training rollouts with an error."})
-    benchmark_error_rate: float = field(default=0.65, metadata={"help": "Share of benchmark rows with an error."})
+    benchmark_error_rate: float = field(default=0.72, metadata={"help": "Share of benchmark rows with an error."})
     pseudo_positive_rate: float = field(
         default=0.2, metadata={"help": "Probability that a wrong step gets a small positive success probability."}
     )
@@ -174,16 +174,25 @@ class _Task:
         return self.format_answer(self.solve(None, random.Random(0))[2])
 
     def solve(self, error_at: int | None, rng: random.Random) -> tuple[list[str], list[bool], Any]:
-        """Render the steps, their true correctness, and the final value (the answer if `error_at` is None)."""
-        env, steps, correct, wrong = {}, [], [], False
+        """
+        Render the steps with an error injected at stage `error_at` (none if `None`), whether each step is true,
+        and the final value. A step is true when it says what the error-free solution says at that point: a step
+        that does not depend on the wrong value stays true, one that builds on it is wrong too.
+        """
+        clean = self._render(None, rng)[0] if error_at is not None else None
+        steps, final = self._render(error_at, rng)
+        correct = (
+            [True] * len(steps) if clean is None else [step == ref for step, ref in zip(steps, clean, strict=True)]
+        )
+        return steps, correct, final
+
+    def _render(self, error_at: int | None, rng: random.Random) -> tuple[list[str], Any]:
+        env, steps = {}, []
         for index, stage in enumerate(self.stages):
             value = stage.compute(env)
-            if index == error_at:
-                value, wrong = stage.corrupt(value, rng), True
-            env[stage.name] = value
+            env[stage.name] = stage.corrupt(value, rng) if index == error_at else value
             steps.append(stage.render(env))
-            correct.append(not wrong)
-        return steps, correct, env[self.stages[-1].name]
+        return steps, env[self.stages[-1].name]
 
 
 def _other(options):
@@ -392,7 +401,11 @@ def _rollout(task: _Task, error_rate: float, neutral_rate: float, rng: random.Ra
 
 
 def _mc_scores(correct: list[bool | None], config: SampleConfig, rng: random.Random) -> list[int]:
-    """Simulated `num_mc_correct` per step: binomial around a per-step success probability."""
+    """
+    Simulated `num_mc_correct` per step: binomial around a per-step success probability. Continuations of a prefix
+    that holds a wrong step rarely reach the right answer, so the scores collapse after the first error, even for
+    later steps that are true by themselves (as in the real MC-annotated corpus).
+    """
     hard = rng.random() < config.low_reliability_rate
     base = rng.uniform(0.04, 0.2) if hard else rng.uniform(0.55, 0.95)
     counts, prefix_ok = [], True
