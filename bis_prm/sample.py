@@ -30,6 +30,8 @@ __all__ = ["SAMPLE_SOURCES", "SampleConfig", "SamplePaths", "make_sample"]
 
 SAMPLE_SOURCES = ("colors", "shapes", "counting", "bar_charts", "digits")
 RAW_IMAGE_DIR = "VisualPRM400K-v1.1-Raw"
+READ_ERROR_WEIGHT = 3.0
+ANSWER_ERROR_WEIGHT = 0.5
 
 _COLORS = {"red": (220, 40, 40), "green": (30, 160, 60), "blue": (40, 80, 220), "yellow": (230, 190, 20)}
 _SHAPES = ("circle", "triangle", "square")
@@ -74,7 +76,7 @@ class SampleConfig:
         corpus_error_rate (`float`, *optional*, defaults to `0.12`):
             Probability that a training rollout contains a wrong step (the policy errs rarely, so few rollouts
             are mixed).
-        benchmark_error_rate (`float`, *optional*, defaults to `0.72`):
+        benchmark_error_rate (`float`, *optional*, defaults to `0.62`):
             Probability that a benchmark response contains a wrong step (the benchmark is harder, ~40 % of its
             steps are wrong).
         pseudo_positive_rate (`float`, *optional*, defaults to `0.2`):
@@ -98,7 +100,7 @@ class SampleConfig:
     image_size: int = field(default=56, metadata={"help": "Side of the square PNG images, in pixels."})
     max_rollouts_per_question: int = field(default=4, metadata={"help": "Most rollouts sharing one question."})
     corpus_error_rate: float = field(default=0.12, metadata={"help": "Share of training rollouts with an error."})
-    benchmark_error_rate: float = field(default=0.72, metadata={"help": "Share of benchmark rows with an error."})
+    benchmark_error_rate: float = field(default=0.62, metadata={"help": "Share of benchmark rows with an error."})
     pseudo_positive_rate: float = field(
         default=0.2, metadata={"help": "Probability that a wrong step gets a small positive success probability."}
     )
@@ -160,6 +162,8 @@ class _Stage:
     compute: Callable[[dict], Any]
     corrupt: Callable[[Any, random.Random], Any]
     render: Callable[[dict], str]
+    # how often the policy errs here, relative to other stages: perception errors dominate multimodal reasoning
+    error_weight: float = 1.0
 
 
 @dataclass
@@ -211,7 +215,7 @@ def _off_by(low: int, high: int, minimum: int = 0, maximum: int = 100):
 
 def _read(name: str, truth: Any, options, render: Callable[[dict], str]) -> _Stage:
     corrupt = _off_by(1, 2, min(options), max(options)) if isinstance(truth, int) else _other(options)
-    return _Stage(name, lambda env: truth, corrupt, render)
+    return _Stage(name, lambda env: truth, corrupt, render, error_weight=READ_ERROR_WEIGHT)
 
 
 def _sum(name: str, left: str, right: str, op: str = "+") -> _Stage:
@@ -226,7 +230,13 @@ def _sum(name: str, left: str, right: str, op: str = "+") -> _Stage:
 
 def _answer(result: str) -> _Stage:
     # a copy error: the final sentence contradicts the step just before it
-    return _Stage("answer", lambda env: env[result], _off_by(1, 3), lambda env: f"The answer is {env['answer']}.")
+    return _Stage(
+        "answer",
+        lambda env: env[result],
+        _off_by(1, 3),
+        lambda env: f"The answer is {env['answer']}.",
+        error_weight=ANSWER_ERROR_WEIGHT,
+    )
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], color: str) -> None:
@@ -393,7 +403,10 @@ _INSTRUCTION = "Answer step by step and end with 'The answer is X.'"
 
 def _rollout(task: _Task, error_rate: float, neutral_rate: float, rng: random.Random):
     """Steps, correctness per step (None for a neutral step) and the final value of one simulated answer."""
-    error_at = rng.randrange(len(task.stages)) if rng.random() < error_rate else None
+    error_at = None
+    if rng.random() < error_rate:
+        weights = [stage.error_weight for stage in task.stages]
+        error_at = rng.choices(range(len(task.stages)), weights=weights)[0]
     steps, correct, final = task.solve(error_at, rng)
     if rng.random() < neutral_rate:
         steps, correct = [rng.choice(_NEUTRAL_STEPS), *steps], [None, *correct]
