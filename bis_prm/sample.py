@@ -250,59 +250,53 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int,
         draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=fill)
 
 
-def _two_shapes_image(left: tuple[str, str], right: tuple[str, str]):
+def _shape_image(shape: str, color: str):
     def draw(canvas: ImageDraw.ImageDraw, size: int) -> None:
-        half, pad = size // 2, size // 14
-        top = (size - (half - 2 * pad)) // 2
-        for x0, (shape, color) in ((pad, left), (half + pad, right)):
-            _draw_shape(canvas, shape, (x0, top, x0 + half - 2 * pad, top + half - 2 * pad), color)
+        margin = size // 7
+        _draw_shape(canvas, shape, (margin, margin, size - margin, size - margin), color)
 
-    return f"{left[1]}_{left[0]}-{right[1]}_{right[0]}", draw
+    return f"{color}_{shape}", draw
 
 
 def _colors_task(rng: random.Random) -> _Task:
-    left = (rng.choice(_SHAPES), rng.choice(list(_COLORS)))
-    right = (rng.choice(_SHAPES), rng.choice(list(_COLORS)))
-    colors = list(_COLORS)
+    shape, color = rng.choice(_SHAPES), rng.choice(list(_COLORS))
     stages = [
-        _read("left", left[1], colors, lambda env: f"The left shape is {env['left']}."),
-        _read("right", right[1], colors, lambda env: f"The right shape is {env['right']}."),
+        _read("color", color, list(_COLORS), lambda env: f"The shape is {env['color']}."),
+        _read("shape", shape, _SHAPES, lambda env: f"The shape is a {env['shape']}."),
         _Stage(
             "answer",
-            lambda env: (env["left"], env["right"]),
+            lambda env: (env["color"], env["shape"]),
             lambda pair, rng: (
-                (pair[0], _other(colors)(pair[1], rng))
+                (pair[0], _other(_SHAPES)(pair[1], rng))
                 if rng.random() < 0.5
-                else (_other(colors)(pair[0], rng), pair[1])
+                else (_other(list(_COLORS))(pair[0], rng), pair[1])
             ),
-            lambda env: "The answer is {} and {}.".format(*env["answer"]),
+            lambda env: "The answer is a {} {}.".format(*env["answer"]),
+            error_weight=ANSWER_ERROR_WEIGHT,
         ),
     ]
-    question = "What colour is the left shape, and what colour is the right shape?"
-    return _Task(question, [_two_shapes_image(left, right)], stages, format_answer=" and ".join)
+    return _Task("What colour is the shape, and what shape is it?", [_shape_image(shape, color)], stages, " ".join)
 
 
 def _shapes_task(rng: random.Random) -> _Task:
-    left = (rng.choice(_SHAPES), rng.choice(list(_COLORS)))
-    right = (rng.choice(_SHAPES), rng.choice(list(_COLORS)))
-    corners = {
-        side: _Stage(
-            f"{side}_corners",
-            lambda env, side=side: _CORNERS[env[side]],
-            lambda value, rng: rng.choice([c for c in (0, 3, 4, 5, 6) if c != value]),
-            lambda env, side=side: f"A {env[side]} has {env[f'{side}_corners']} corners.",
-        )
-        for side in ("left", "right")
-    }
+    shape, color, copies = rng.choice(_SHAPES), rng.choice(list(_COLORS)), rng.randint(2, 4)
     stages = [
-        _read("left", left[0], _SHAPES, lambda env: f"The left shape is a {env['left']}."),
-        corners["left"],
-        _read("right", right[0], _SHAPES, lambda env: f"The right shape is a {env['right']}."),
-        corners["right"],
-        _sum("total", "left_corners", "right_corners"),
+        _read("shape", shape, _SHAPES, lambda env: f"The shape is a {env['shape']}."),
+        _Stage(
+            "corners",
+            lambda env: _CORNERS[env["shape"]],
+            lambda value, rng: rng.choice([c for c in (0, 3, 4, 5, 6) if c != value]),
+            lambda env: f"A {env['shape']} has {env['corners']} corners.",
+        ),
+        _Stage(
+            "total",
+            lambda env: copies * env["corners"],
+            _off_by(2, 4),
+            lambda env: f"{copies} x {env['corners']} = {env['total']}.",
+        ),
         _answer("total"),
     ]
-    return _Task("How many corners do the two shapes have in total?", [_two_shapes_image(left, right)], stages)
+    return _Task(f"How many corners do {copies} copies of this shape have?", [_shape_image(shape, color)], stages)
 
 
 def _counting_task(rng: random.Random) -> _Task:
