@@ -1,0 +1,297 @@
+"""Turning rollouts into PRM model inputs: prompt rendering, image loading/tiling and the batch collator.
+
+A rollout is `{"image": ..., "question": str, "steps": list[str], "labels": list[float]}`. It is rendered as
+`Question: {question}\\nProcess: {step_1}<prm>\\n\\n{step_2}<prm>...` inside the user turn of the backbone's own chat
+template (images first), and every `<prm>` token carries the label of its step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+
+__all__ = ["PRMCollator", "load_image", "render_prompt", "step_token_id", "tile_images"]
+
+# "<image>" / "<image1>" placeholders of the VisualPRM data; the chat template places the images itself.
+_IMAGE_PLACEHOLDER = re.compile(r"<image\d*>\s*")
+# Per-token processor outputs besides the tokenizer's own (Qwen2.5-VL marks image tokens in `mm_token_type_ids`).
+_TOKEN_TYPE_KEYS = ("token_type_ids", "mm_token_type_ids")
+
+
+def render_prompt(question: str, steps: Sequence[str], step_token: str = "<prm>") -> str:
+    """
+    Render a rollout as the PRM prompt, one `step_token` after every step.
+
+    Args:
+        question (`str`):
+            The question; `<image>` / `<imageN>` placeholders are removed (the chat template places the images).
+        steps (`Sequence[str]`):
+            The solution steps, in order. Each is stripped.
+        step_token (`str`, *optional*, defaults to `"<prm>"`):
+            The token whose position scores the step before it.
+
+    Returns:
+        `str`: `"Question: {question}\\nProcess: {step_1}<prm>\\n\\n{step_2}<prm>..."`.
+
+    Raises:
+        `ValueError`: when there is no step, or the question or a step already contains `step_token`.
+
+    Example:
+
+    ```python
+    >>> render_prompt("<image>\\nHow many circles?", ["I count 2.", "The answer is 2."])
+    'Question: How many circles?\\nProcess: I count 2.<prm>\\n\\nThe answer is 2.<prm>'
+    ```
+    """
+    if not steps:
+        raise ValueError("The rollout has no step to score.")
+    question = _IMAGE_PLACEHOLDER.sub("", question).strip()
+    for name, text in [("question", question), *((f"step {i}", step) for i, step in enumerate(steps))]:
+        if step_token in text:
+            raise ValueError(f"The {name} already contains the step token {step_token!r}: {text[:80]!r}")
+    process = "\n\n".join(f"{step.strip()}{step_token}" for step in steps)
+    return f"Question: {question}\nProcess: {process}"
+
+
+def load_image(image: str | os.PathLike | Image.Image) -> Image.Image:
+    """
+    Open an image (a path or a PIL image) as RGB.
+
+    Raises:
+        `ValueError`: naming the path when the file cannot be opened as an image.
+
+    Example:
+
+    ```python
+    >>> load_image(Image.new("L", (4, 4))).mode
+    'RGB'
+    ```
+    """
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    try:
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Cannot open image {str(image)!r}: {error}") from error
+
+
+def tile_images(images: Sequence[Image.Image], max_cols: int = 3) -> Image.Image:
+    """
+    Tile several images into one grid, for backbones that take a single image per prompt.
+
+    Every cell is `max_w x max_h` (the largest width and height), the image centred on a white background; at most
+    `max_cols` columns, filled row by row.
+
+    Example:
+
+    ```python
+    >>> grid = tile_images([Image.new("RGB", (10, 20)), Image.new("RGB", (30, 10))] * 2, max_cols=3)
+    >>> grid.size
+    (90, 40)
+    ```
+    """
+    if not images:
+        raise ValueError("tile_images needs at least one image.")
+    cell_w = max(image.width for image in images)
+    cell_h = max(image.height for image in images)
+    cols = min(max_cols, len(images))
+    rows = math.ceil(len(images) / cols)
+    grid = Image.new("RGB", (cols * cell_w, rows * cell_h), "white")
+    for i, image in enumerate(images):
+        row, col = divmod(i, cols)
+        x = col * cell_w + (cell_w - image.width) // 2
+        y = row * cell_h + (cell_h - image.height) // 2
+        grid.paste(image.convert("RGB"), (x, y))
+    return grid
+
+
+def _example_images(example: dict[str, Any], index: int) -> list[Image.Image]:
+    images = example.get("image")
+    if images is None or (isinstance(images, str) and not images):
+        return []
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    try:
+        return [load_image(image) for image in images]
+    except ValueError as error:
+        raise ValueError(f"Example {index}: {error}") from error
+
+
+class PRMCollator:
+    """
+    Collate rollouts into a padded PRM batch: the processor's outputs plus step labels at the step-token positions.
+
+    Args:
+        processor ([`~transformers.ProcessorMixin`]):
+            The backbone's processor; its tokenizer must know `step_token` (see `bis_prm.load_prm`).
+        step_token (`str`, *optional*, defaults to `"<prm>"`):
+            The token placed after every step.
+        max_length (`int`, *optional*):
+            Truncate longer sequences to this many tokens (from the right). Steps whose step token is cut are dropped
+            with their labels, so labels stay aligned to the surviving step tokens. Image tokens are never cut: a
+            `max_length` that cannot hold the images, the question and one step raises a `ValueError`.
+        padding_side (`str`, *optional*, defaults to `"right"`):
+            `"right"` or `"left"`.
+        label_field (`str`, *optional*, defaults to `"labels"`):
+            Example key holding the per-step targets P(positive) in [0, 1] (hard 0/1 or soft MC scores). When no
+            example has it, the batch has no `labels` (inference).
+        max_images (`int`, *optional*):
+            When an example has more images than this, they are tiled into one grid with `tile_images`. `None`
+            passes every image to the processor (Qwen2.5-VL, InternVL and LLaVA processors take several).
+
+    Returns from `__call__`: a dict with the processor's tensors (`input_ids`, `attention_mask`, `pixel_values`,
+    `image_grid_thw`, ...), `labels` (float [batch, seq], -100 off the step tokens) and `num_steps` (long [batch],
+    steps that survived truncation).
+
+    Example:
+
+    ```python
+    >>> collator = PRMCollator(processor)
+    >>> batch = collator([{"image": "cat.png", "question": "Is it a cat?", "steps": ["Yes."], "labels": [1.0]}])
+    >>> batch["labels"].shape == batch["input_ids"].shape
+    True
+    ```
+    """
+
+    def __init__(
+        self,
+        processor,
+        step_token: str = "<prm>",
+        max_length: int | None = None,
+        padding_side: str = "right",
+        label_field: str = "labels",
+        max_images: int | None = None,
+    ):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.step_token = step_token
+        self.step_token_id = step_token_id(self.tokenizer, step_token)
+        self.max_length = max_length
+        self.padding_side = padding_side
+        self.label_field = label_field
+        self.max_images = max_images
+        self.image_token_id = getattr(processor, "image_token_id", None)
+        if getattr(processor, "chat_template", None) is None:
+            raise ValueError("The processor has no chat template; PRM prompts are rendered with the backbone's own.")
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError("The tokenizer has no pad token; set `tokenizer.pad_token` before collating batches.")
+
+    def render(self, example: dict[str, Any], index: int = 0) -> tuple[str, list[Image.Image]]:
+        """Render one example as (chat-formatted text, images)."""
+        images = _example_images(example, index)
+        if self.max_images is not None and len(images) > self.max_images:
+            images = [tile_images(images)]
+        try:
+            prompt = render_prompt(example["question"], example["steps"], self.step_token)
+        except (KeyError, ValueError) as error:
+            raise ValueError(f"Example {index}: {error}") from error
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt}]
+        messages = [{"role": "user", "content": content}]
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        return text, images
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        step_labels = self._step_labels(examples)
+        texts, images = [], []
+        for index, example in enumerate(examples):
+            text, example_images = self.render(example, index)
+            texts.append(text)
+            images.extend(example_images)
+        kwargs = {"images": images} if images else {}
+        batch = self.processor(text=texts, padding=True, padding_side=self.padding_side, return_tensors="pt", **kwargs)
+        batch = dict(batch)
+        if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
+            batch = self._truncate(batch)
+
+        is_step = batch["input_ids"] == self.step_token_id
+        num_steps = is_step.sum(dim=1)
+        for index, example in enumerate(examples):
+            if num_steps[index] > len(example["steps"]):
+                raise ValueError(
+                    f"Example {index}: found {int(num_steps[index])} step tokens {self.step_token!r} for "
+                    f"{len(example['steps'])} steps; the chat template or the processor added some."
+                )
+        batch["num_steps"] = num_steps
+        if step_labels is not None:
+            labels = torch.full(is_step.shape, -100.0)
+            for index, targets in enumerate(step_labels):
+                positions = is_step[index].nonzero().squeeze(1)
+                labels[index, positions] = torch.tensor(targets[: len(positions)], dtype=torch.float)
+            batch["labels"] = labels
+        return batch
+
+    def _step_labels(self, examples: list[dict[str, Any]]) -> list[list[float]] | None:
+        has_labels = [self.label_field in example and example[self.label_field] is not None for example in examples]
+        if not any(has_labels):
+            return None
+        step_labels = []
+        for index, example in enumerate(examples):
+            if not has_labels[index]:
+                raise ValueError(f"Example {index} has no {self.label_field!r} while other examples of the batch do.")
+            targets = [float(label) for label in example[self.label_field]]
+            if len(targets) != len(example.get("steps") or []):
+                raise ValueError(
+                    f"Example {index}: {len(example.get('steps') or [])} steps but {len(targets)} labels in "
+                    f"{self.label_field!r}."
+                )
+            if any(not 0.0 <= target <= 1.0 for target in targets):
+                raise ValueError(f"Example {index}: labels must lie in [0, 1], got {targets}.")
+            step_labels.append(targets)
+        return step_labels
+
+    def _truncate(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Keep the first `max_length` real tokens of every row and re-pad; refuse to cut image tokens."""
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"].bool()
+        per_token = [key for key in (*self.tokenizer.model_input_names, *_TOKEN_TYPE_KEYS) if key in batch]
+        lengths = attention_mask.sum(dim=1).clamp(max=self.max_length)
+        width = int(lengths.max())
+        out = {key: value for key, value in batch.items() if key not in per_token}
+        for key in per_token:
+            pad = self.tokenizer.pad_token_id if key == "input_ids" else 0
+            out[key] = torch.full((len(input_ids), width), pad, dtype=batch[key].dtype)
+        for row in range(len(input_ids)):
+            real = attention_mask[row].nonzero().squeeze(1)
+            kept, cut = real[: lengths[row]], real[lengths[row] :]
+            image_cut = self.image_token_id is not None and bool((input_ids[row, cut] == self.image_token_id).any())
+            if image_cut or not bool((input_ids[row, kept] == self.step_token_id).any()):
+                raise ValueError(
+                    f"Example {row}: max_length={self.max_length} cannot hold the image(s), the question and one "
+                    f"step ({len(real)} tokens in all); raise max_length."
+                )
+            target = slice(0, len(kept)) if self.padding_side == "right" else slice(width - len(kept), width)
+            for key in per_token:
+                out[key][row, target] = batch[key][row, kept]
+        return out
+
+
+def step_token_id(tokenizer, step_token: str) -> int:
+    """
+    The id of `step_token` in `tokenizer`, which must hold it as one (added) token.
+
+    Example:
+
+    ```python
+    >>> step_token_id(processor.tokenizer, "<prm>")
+    600
+    ```
+    """
+    ids = tokenizer.convert_tokens_to_ids([step_token])
+    if (
+        ids[0] is None
+        or ids[0] == tokenizer.unk_token_id
+        or len(tokenizer(step_token, add_special_tokens=False).input_ids) != 1
+    ):
+        raise ValueError(
+            f"The tokenizer does not know the step token {step_token!r} as a single token; load the model and "
+            "processor with `bis_prm.load_prm`, or add it with `tokenizer.add_special_tokens(...)`."
+        )
+    return ids[0]

@@ -1,0 +1,76 @@
+import math
+
+import pytest
+import torch
+from _model_utils import one_thread, rollouts, tiny_base  # noqa: F401 (one_thread is an autouse fixture)
+
+from bis_prm.inference import aggregate_many, aggregate_scores, score_steps
+from bis_prm.modeling_prm import load_prm
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "internvl", "llava"])
+def prm(request, tmp_path_factory):
+    torch.manual_seed(0)
+    return load_prm(tiny_base(request.param, tmp_path_factory), head="linear")
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_batched_scores_equal_one_by_one(prm, padding_side):
+    model, processor = prm
+    examples = rollouts()
+    one_by_one = [score_steps(model, processor, [example])[0] for example in examples]
+    batched = score_steps(model, processor, examples, batch_size=3, padding_side=padding_side)
+    assert [len(scores) for scores in batched] == [2, 4, 1, 3]
+    for got, want in zip(batched, one_by_one, strict=True):
+        assert got == pytest.approx(want, abs=1e-5)
+    assert all(0.0 < score < 1.0 for scores in batched for score in scores)
+
+
+def test_score_steps_matches_logits_and_restores_mode(prm):
+    model, processor = prm
+    model.train()
+    scores = score_steps(model, processor, rollouts()[:1])
+    assert model.training
+    model.eval()
+    from bis_prm.processing_prm import PRMCollator
+
+    batch = PRMCollator(processor)(rollouts()[:1])
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
+    expected = logits[batch["input_ids"][0] == model.config.step_token_id].softmax(-1)[:, 0]
+    assert scores[0] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_score_steps_names_the_bad_rollout(prm):
+    model, processor = prm
+    examples = rollouts()
+    examples[2]["steps"] = []
+    with pytest.raises(ValueError, match=r"rollouts 2\.\.3: Example 0: The rollout has no step"):
+        score_steps(model, processor, examples, batch_size=2)
+
+
+def test_aggregate_scores():
+    scores = [0.9, 0.5, 0.8]
+    assert aggregate_scores(scores, "mean") == pytest.approx(2.2 / 3)
+    assert aggregate_scores(scores, "min") == 0.5
+    assert aggregate_scores(scores, "last") == 0.8
+    assert aggregate_scores(scores, "prod") == pytest.approx(0.36)
+    with pytest.raises(ValueError, match="Unknown aggregation 'max'"):
+        aggregate_scores(scores, "max")
+    with pytest.raises(ValueError, match="without step scores"):
+        aggregate_scores([], "mean")
+
+
+@pytest.mark.parametrize("method", ["mean", "min", "last", "prod"])
+def test_aggregate_many_matches_one_by_one(method):
+    many = [[0.9, 0.5, 0.8], [0.2], [0.6, 0.7]]
+    expected = {
+        "mean": [sum(s) / len(s) for s in many],
+        "min": [min(s) for s in many],
+        "last": [s[-1] for s in many],
+        "prod": [math.prod(s) for s in many],
+    }[method]
+    assert aggregate_many(many, method).tolist() == pytest.approx(expected)
+    assert [aggregate_scores(s, method) for s in many] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="Rollout 1 has no step scores"):
+        aggregate_many([[0.5], []], method)
