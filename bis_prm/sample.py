@@ -33,7 +33,7 @@ RAW_IMAGE_DIR = "VisualPRM400K-v1.1-Raw"
 READ_ERROR_WEIGHT = 3.0
 ANSWER_ERROR_WEIGHT = 0.5
 
-_COLORS = {"red": (220, 40, 40), "green": (30, 160, 60), "blue": (40, 80, 220), "yellow": (230, 190, 20)}
+_COLORS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "yellow": (240, 220, 0)}
 _SHAPES = ("circle", "triangle", "square")
 _CORNERS = {"circle": 0, "triangle": 3, "square": 4}
 _BAR_COLORS = ("red", "green", "blue")
@@ -228,11 +228,30 @@ def _sum(name: str, left: str, right: str, op: str = "+") -> _Stage:
     )
 
 
+def _with_given(name: str, operand: str, given: int, op: str, render: Callable[[int, int, int], str]) -> _Stage:
+    """
+    Combine the value `operand` with the number `given` by the question into `(operand, given as used, result)`.
+    An error is either wrong arithmetic or a misread question (another number used, with right arithmetic on it).
+    """
+    apply = (lambda a, b: a + b) if op == "+" else (lambda a, b: a * b)
+
+    def corrupt(value: tuple[int, int, int], rng: random.Random) -> tuple[int, int, int]:
+        operand_value, used, result = value
+        if rng.random() < 0.5:
+            return operand_value, used, _off_by(2, 4)(result, rng)
+        misread = _off_by(1, 2, minimum=1)(used, rng)
+        return operand_value, misread, apply(operand_value, misread)
+
+    return _Stage(
+        name, lambda env: (env[operand], given, apply(env[operand], given)), corrupt, lambda env: render(*env[name])
+    )
+
+
 def _answer(result: str) -> _Stage:
     # a copy error: the final sentence contradicts the step just before it
     return _Stage(
         "answer",
-        lambda env: env[result],
+        lambda env: env[result][-1] if isinstance(env[result], tuple) else env[result],
         _off_by(1, 3),
         lambda env: f"The answer is {env['answer']}.",
         error_weight=ANSWER_ERROR_WEIGHT,
@@ -271,11 +290,16 @@ def _colors_task(rng: random.Random) -> _Task:
                 if rng.random() < 0.5
                 else (_other(list(_COLORS))(pair[0], rng), pair[1])
             ),
-            lambda env: "The answer is a {} {}.".format(*env["answer"]),
+            lambda env: f"The answer is {_a_color_shape(env['answer'])}.",
             error_weight=ANSWER_ERROR_WEIGHT,
         ),
     ]
-    return _Task("What colour is the shape, and what shape is it?", [_shape_image(shape, color)], stages, " ".join)
+    question = "What colour is the shape, and what shape is it?"
+    return _Task(question, [_shape_image(shape, color)], stages, format_answer=_a_color_shape)
+
+
+def _a_color_shape(pair: tuple[str, str]) -> str:
+    return f"a {pair[0]} {pair[1]}"
 
 
 def _shapes_task(rng: random.Random) -> _Task:
@@ -288,12 +312,7 @@ def _shapes_task(rng: random.Random) -> _Task:
             lambda value, rng: rng.choice([c for c in (0, 3, 4, 5, 6) if c != value]),
             lambda env: f"A {env['shape']} has {env['corners']} corners.",
         ),
-        _Stage(
-            "total",
-            lambda env: copies * env["corners"],
-            _off_by(2, 4),
-            lambda env: f"{copies} x {env['corners']} = {env['total']}.",
-        ),
+        _with_given("total", "corners", copies, "x", lambda corners, used, total: f"{used} x {corners} = {total}."),
         _answer("total"),
     ]
     return _Task(f"How many corners do {copies} copies of this shape have?", [_shape_image(shape, color)], stages)
@@ -312,12 +331,7 @@ def _counting_task(rng: random.Random) -> _Task:
 
     stages = [
         _read("count", count, range(1, 10), lambda env: f"I count {env['count']} dots."),
-        _Stage(
-            "total",
-            lambda env: env["count"] + extra,
-            _off_by(2, 4),
-            lambda env: f"{env['count']} + {extra} = {env['total']}.",
-        ),
+        _with_given("total", "count", extra, "+", lambda count, used, total: f"{count} + {used} = {total}."),
         _answer("total"),
     ]
     return _Task(
@@ -336,10 +350,28 @@ def _bar_charts_task(rng: random.Random) -> _Task:
             canvas.rectangle((x, size - 4 - heights[color] * unit, x + width, size - 4), fill=_COLORS[color])
         canvas.line((2, size - 4, size - 2, size - 4), fill=(0, 0, 0))
 
+    def read_bar(name: str, color: str) -> _Stage:
+        def corrupt(value: tuple[str, int], rng: random.Random) -> tuple[str, int]:
+            if rng.random() < 0.5:  # misread height
+                return value[0], _off_by(1, 2, 1, 8)(value[1], rng)
+            other = rng.choice([c for c in _BAR_COLORS if c != color])  # read the bar the question did not ask for
+            return other, heights[other]
+
+        stage = _Stage(
+            name, lambda env: (color, heights[color]), corrupt, lambda env: "The {} bar is {} high.".format(*env[name])
+        )
+        stage.error_weight = READ_ERROR_WEIGHT
+        return stage
+
     stages = [
-        _read(first, heights[first], range(1, 9), lambda env: f"The {first} bar is {env[first]} high."),
-        _read(second, heights[second], range(1, 9), lambda env: f"The {second} bar is {env[second]} high."),
-        _sum("total", first, second),
+        read_bar("first", first),
+        read_bar("second", second),
+        _Stage(
+            "total",
+            lambda env: env["first"][1] + env["second"][1],
+            _off_by(2, 4),
+            lambda env: f"{env['first'][1]} + {env['second'][1]} = {env['total']}.",
+        ),
         _answer("total"),
     ]
     stem = "bars_" + "".join(str(heights[color]) for color in _BAR_COLORS)
