@@ -30,8 +30,6 @@ __all__ = ["SAMPLE_SOURCES", "SampleConfig", "SamplePaths", "make_sample"]
 
 SAMPLE_SOURCES = ("colors", "shapes", "counting", "bar_charts", "digits")
 RAW_IMAGE_DIR = "VisualPRM400K-v1.1-Raw"
-READ_ERROR_WEIGHT = 3.0
-ANSWER_ERROR_WEIGHT = 0.5
 
 _COLORS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "yellow": (240, 220, 0)}
 _SHAPES = ("circle", "triangle", "square")
@@ -79,6 +77,12 @@ class SampleConfig:
         benchmark_error_rate (`float`, *optional*, defaults to `0.62`):
             Probability that a benchmark response contains a wrong step (the benchmark is harder, ~40 % of its
             steps are wrong).
+        read_error_weight (`float`, *optional*, defaults to `1.0`):
+            Relative chance that the wrong step of a rollout is one that reads the image (a colour, shape, count, bar
+            or digit), against 1.0 for a fact or arithmetic step. Raise it for a perception-heavy sample (harder for
+            a tiny model: its vision tower learns slowly).
+        answer_error_weight (`float`, *optional*, defaults to `0.5`):
+            Relative chance that the wrong step is the final "The answer is X." (a copy error).
         pseudo_positive_rate (`float`, *optional*, defaults to `0.2`):
             Probability that a wrong step gets a small positive success probability, which often yields a
             pseudo-positive MC score (`num_mc_correct > 0` on a wrong step).
@@ -101,6 +105,12 @@ class SampleConfig:
     max_rollouts_per_question: int = field(default=4, metadata={"help": "Most rollouts sharing one question."})
     corpus_error_rate: float = field(default=0.12, metadata={"help": "Share of training rollouts with an error."})
     benchmark_error_rate: float = field(default=0.62, metadata={"help": "Share of benchmark rows with an error."})
+    read_error_weight: float = field(
+        default=1.0, metadata={"help": "Relative chance that an error falls on a step that reads the image."}
+    )
+    answer_error_weight: float = field(
+        default=0.5, metadata={"help": "Relative chance that an error falls on the final-answer step."}
+    )
     pseudo_positive_rate: float = field(
         default=0.2, metadata={"help": "Probability that a wrong step gets a small positive success probability."}
     )
@@ -123,6 +133,8 @@ class SampleConfig:
         for name in ("corpus_error_rate", "benchmark_error_rate", "pseudo_positive_rate", "low_reliability_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
+        if min(self.read_error_weight, self.answer_error_weight) < 0:
+            raise ValueError("read_error_weight and answer_error_weight must be non-negative.")
 
 
 @dataclass
@@ -162,8 +174,8 @@ class _Stage:
     compute: Callable[[dict], Any]
     corrupt: Callable[[Any, random.Random], Any]
     render: Callable[[dict], str]
-    # how often the policy errs here, relative to other stages: perception errors dominate multimodal reasoning
-    error_weight: float = 1.0
+    # "read" (from the image), "answer" (the final sentence) or "other"; sets how often the policy errs here
+    kind: str = "other"
 
 
 @dataclass
@@ -215,7 +227,7 @@ def _off_by(low: int, high: int, minimum: int = 0, maximum: int = 100):
 
 def _read(name: str, truth: Any, options, render: Callable[[dict], str]) -> _Stage:
     corrupt = _off_by(1, 2, min(options), max(options)) if isinstance(truth, int) else _other(options)
-    return _Stage(name, lambda env: truth, corrupt, render, error_weight=READ_ERROR_WEIGHT)
+    return _Stage(name, lambda env: truth, corrupt, render, kind="read")
 
 
 def _sum(name: str, left: str, right: str, op: str = "+") -> _Stage:
@@ -254,7 +266,7 @@ def _answer(result: str) -> _Stage:
         lambda env: env[result][-1] if isinstance(env[result], tuple) else env[result],
         _off_by(1, 3),
         lambda env: f"The answer is {env['answer']}.",
-        error_weight=ANSWER_ERROR_WEIGHT,
+        kind="answer",
     )
 
 
@@ -291,7 +303,7 @@ def _colors_task(rng: random.Random) -> _Task:
                 else (_other(list(_COLORS))(pair[0], rng), pair[1])
             ),
             lambda env: f"The answer is {_a_color_shape(env['answer'])}.",
-            error_weight=ANSWER_ERROR_WEIGHT,
+            kind="answer",
         ),
     ]
     question = "What colour is the shape, and what shape is it?"
@@ -360,7 +372,7 @@ def _bar_charts_task(rng: random.Random) -> _Task:
         stage = _Stage(
             name, lambda env: (color, heights[color]), corrupt, lambda env: "The {} bar is {} high.".format(*env[name])
         )
-        stage.error_weight = READ_ERROR_WEIGHT
+        stage.kind = "read"
         return stage
 
     stages = [
@@ -427,14 +439,15 @@ _INSTRUCTION = "Answer step by step and end with 'The answer is X.'"
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _rollout(task: _Task, error_rate: float, neutral_rate: float, rng: random.Random):
+def _rollout(task: _Task, error_rate: float, config: SampleConfig, rng: random.Random):
     """Steps, correctness per step (None for a neutral step) and the final value of one simulated answer."""
     error_at = None
     if rng.random() < error_rate:
-        weights = [stage.error_weight for stage in task.stages]
+        relative = {"read": config.read_error_weight, "answer": config.answer_error_weight, "other": 1.0}
+        weights = [relative[stage.kind] for stage in task.stages]
         error_at = rng.choices(range(len(task.stages)), weights=weights)[0]
     steps, correct, final = task.solve(error_at, rng)
-    if rng.random() < neutral_rate:
+    if rng.random() < config.neutral_step_rate:
         steps, correct = [rng.choice(_NEUTRAL_STEPS), *steps], [None, *correct]
     return steps, correct, final
 
@@ -509,7 +522,7 @@ def _write_corpus(config: SampleConfig, corpus_root: Path) -> dict:
             images = _write_images(task, source, corpus_root, RAW_IMAGE_DIR, config.image_size, written)
             question_orig = task.question
             for _ in range(answers):
-                steps, correct, _ = _rollout(task, config.corpus_error_rate, config.neutral_step_rate, rng)
+                steps, correct, _ = _rollout(task, config.corpus_error_rate, config, rng)
                 counts = _mc_scores(correct, config, rng)
                 rows.append(
                     {
@@ -563,7 +576,7 @@ def _write_benchmark(config: SampleConfig, benchmark_dir: Path) -> dict:
         # one response per question: the benchmark is about judging steps, not about many rollouts of a question
         for task, _ in _question_groups(source, count, config, rng, group_size=1):
             images = _write_images(task, source, benchmark_dir, "images", config.image_size, written)
-            steps, correct, _ = _rollout(task, config.benchmark_error_rate, config.neutral_step_rate, rng)
+            steps, correct, _ = _rollout(task, config.benchmark_error_rate, config, rng)
             labels = [0 if ok is None else (1 if ok else -1) for ok in correct]
             rows.append(
                 {

@@ -157,6 +157,8 @@ def test_config_validation():
         SampleConfig(num_rollouts=3)
     with pytest.raises(ValueError, match="corpus_error_rate"):
         SampleConfig(corpus_error_rate=1.5)
+    with pytest.raises(ValueError, match="non-negative"):
+        SampleConfig(read_error_weight=-1.0)
 
 
 def test_cli_make_sample(tmp_path, capsys):
