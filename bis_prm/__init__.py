@@ -47,6 +47,12 @@ _EXPORTS = {
     "PRMTrainer": "bis_prm.prm_trainer",
     "PRMDatasetError": "bis_prm.prm_trainer",
     "ScriptArguments": "bis_prm.training",
+    # the embedded sample and the main job on it
+    "SampleConfig": "bis_prm.sample",
+    "SamplePaths": "bis_prm.sample",
+    "make_sample": "bis_prm.sample",
+    "QuickstartConfig": "bis_prm.quickstart",
+    "run_quickstart": "bis_prm.quickstart",
     # evaluation: VisualProcessBench metric, runner, Best-of-N
     "VISUALPROCESSBENCH": "bis_prm.metrics",
     "compute_visualprocessbench": "bis_prm.metrics",
