@@ -42,6 +42,16 @@ class QuickstartConfig:
     threshold: float = field(default=0.5, metadata={"help": "Fixed step threshold of the evaluation."})
 
 
+def _existing_recipe(recipe: str | Path) -> Path:
+    recipe = Path(recipe)
+    if not recipe.is_file():
+        raise FileNotFoundError(
+            f"Training recipe {recipe} not found: the tiny recipe ships with the repository checkout "
+            "(pip install -e .); pass a recipe path."
+        )
+    return recipe
+
+
 def _loss_trend(log_history: list[dict], window: int = 3) -> tuple[float, float]:
     """Mean logged training loss over the first and the last `window` logging steps."""
     losses = [entry["loss"] for entry in log_history if "loss" in entry]
@@ -72,6 +82,72 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def train_and_evaluate(
+    subset: str | Path,
+    base_model: str | Path,
+    benchmark: str | Path,
+    output_dir: str | Path,
+    recipe: str | Path = TINY_RECIPE,
+    threshold: float = 0.5,
+    overrides: list[str] | None = None,
+) -> tuple[dict, dict]:
+    """
+    Train a PRM on a subset file with a recipe (the `recipes/train.py` code path), then evaluate it on a benchmark.
+
+    Args:
+        subset (`str` or `Path`): HF PRM format file (`.parquet`/`.jsonl`) or `save_to_disk` directory.
+        base_model (`str` or `Path`): base VLM (or PRM) to start from.
+        benchmark (`str` or `Path`): benchmark in the VisualProcessBench layout.
+        output_dir (`str` or `Path`): the PRM goes to `output_dir/prm`, the evaluation to `output_dir/eval`.
+        recipe (`str` or `Path`, *optional*, defaults to the tiny recipe): training recipe; its data and model paths
+            are replaced, its `selection` ignored.
+        threshold (`float`, *optional*, defaults to `0.5`): fixed step threshold of the evaluation.
+        overrides (`list[str]`, *optional*): more recipe overrides, e.g. `["--seed", "1"]`.
+
+    Returns:
+        `tuple[dict, dict]`: the trainer state (`trainer_state.json`) and the evaluation metrics.
+
+    Example:
+
+    >>> state, metrics = train_and_evaluate("bis10.parquet", "tiny", "sample/benchmark", "runs/a")  # doctest: +SKIP
+    """
+    from trl import ModelConfig, TrlParser
+
+    from bis_prm.evaluation import EvalConfig, evaluate_prm
+    from bis_prm.prm_config import PRMConfig
+    from bis_prm.training import ScriptArguments
+    from bis_prm.training import main as train
+
+    recipe = _existing_recipe(recipe)
+    output_dir = Path(output_dir)
+    parser = TrlParser((ScriptArguments, PRMConfig, ModelConfig))
+    script_args, training_args, model_args = parser.parse_args_and_config(
+        ["--config", str(recipe), "--dataset_name", str(subset), "--model_name_or_path", str(base_model)]
+        + ["--output_dir", str(output_dir / "prm"), *(overrides or [])]
+    )
+    script_args.selection = None  # the subset is already selected
+    train(script_args, training_args, model_args)
+    state = json.loads((output_dir / "prm" / "trainer_state.json").read_text(encoding="utf-8"))
+    metrics = evaluate_prm(
+        EvalConfig(
+            model=str(output_dir / "prm"),
+            benchmark=str(benchmark),
+            output_dir=str(output_dir / "eval"),
+            threshold=threshold,
+            any_source=True,
+        )
+    )
+    return state, metrics
+
+
+def recipe_selection(recipe: str | Path = TINY_RECIPE) -> dict:
+    """The `selection` block of a recipe (method, ratio, alpha, ...), BIS-10 % with alpha 0.2 when it has none."""
+    import yaml
+
+    with open(_existing_recipe(recipe), encoding="utf-8") as handle:
+        return dict(yaml.safe_load(handle).get("selection") or {"method": "bis", "ratio": 0.1, "alpha": 0.2})
+
+
 def run_quickstart(config: QuickstartConfig) -> dict:
     """
     Run selection → training → evaluation on the embedded sample and return (and write) a summary.
@@ -89,23 +165,11 @@ def run_quickstart(config: QuickstartConfig) -> dict:
     >>> summary["metrics"]["micro_over_sources"] > 0.6  # doctest: +SKIP
     True
     """
-    from trl import ModelConfig, TrlParser
-
-    from bis_prm.evaluation import EvalConfig, evaluate_prm
     from bis_prm.formats import write_subset
-    from bis_prm.prm_config import PRMConfig
     from bis_prm.sample import make_sample
     from bis_prm.selection import build_subset
     from bis_prm.testing import make_tiny_vlm
-    from bis_prm.training import ScriptArguments
-    from bis_prm.training import main as train
 
-    recipe = Path(config.recipe)
-    if not recipe.is_file():
-        raise FileNotFoundError(
-            f"Training recipe {recipe} not found: the quickstart runs the tiny recipe of a repository checkout "
-            "(pip install -e .), or pass --recipe PATH."
-        )
     out = Path(config.output_dir).resolve()
     paths = {
         "sample": out / "sample",
@@ -115,46 +179,22 @@ def run_quickstart(config: QuickstartConfig) -> dict:
         "prm": out / "prm",
         "eval": out / "eval",
     }
+    selection = recipe_selection(config.recipe)
 
-    print(f"[1/4] Writing the embedded sample to {paths['sample']}")
+    print(f"[1/4] Writing the embedded sample and a tiny random {config.arch} to {out}")
     sample = make_sample(paths["sample"], seed=config.seed)
     make_tiny_vlm(config.arch, paths["base_model"], seed=config.seed)
 
-    parser = TrlParser((ScriptArguments, PRMConfig, ModelConfig))
-    script_args, training_args, model_args = parser.parse_args_and_config(
-        [
-            "--config",
-            str(recipe),
-            "--dataset_name",
-            str(paths["subset"]),
-            "--model_name_or_path",
-            str(paths["base_model"]),
-            "--output_dir",
-            str(paths["prm"]),
-        ]
-    )
-    selection = dict(script_args.selection or {"method": "bis", "ratio": 0.1, "alpha": 0.2})
     print(f"[2/4] Selecting a subset of {sample.corpus_root} with {selection}")
     subset, report = build_subset(sample.corpus_root, **selection)
     write_subset(subset, paths["subset"])
     paths["report"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    script_args.selection = None  # the recipe now trains on the subset just written
 
-    print(f"[3/4] Training a PRM on {len(subset)} rollouts with {recipe}")
-    train(script_args, training_args, model_args)
-    state = json.loads((paths["prm"] / "trainer_state.json").read_text(encoding="utf-8"))
-    loss_first, loss_last = _loss_trend(state["log_history"])
-
-    print(f"[4/4] Evaluating on {sample.benchmark_dir}")
-    metrics = evaluate_prm(
-        EvalConfig(
-            model=str(paths["prm"]),
-            benchmark=str(sample.benchmark_dir),
-            output_dir=str(paths["eval"]),
-            threshold=config.threshold,
-            any_source=True,
-        )
+    print(f"[3/4] Training a PRM on {len(subset)} rollouts with {config.recipe}, then [4/4] evaluating it")
+    state, metrics = train_and_evaluate(
+        paths["subset"], paths["base_model"], sample.benchmark_dir, out, config.recipe, config.threshold
     )
+    loss_first, loss_last = _loss_trend(state["log_history"])
 
     total = report["total"]
     summary = {
