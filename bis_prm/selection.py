@@ -269,6 +269,7 @@ def build_subset(
     num_proc: int | None = None,
     revision: str | None = None,
     progress: bool = True,
+    download_images: bool = False,
 ) -> tuple[datasets.Dataset, dict[str, Any]]:
     """
     Load a VisualPRM400K-style corpus, score it, select a subset and convert it to the HF PRM format, in one call.
@@ -292,6 +293,9 @@ def build_subset(
             Hub revision when `path_or_repo` is a repo id.
         progress (`bool`, *optional*, defaults to `True`):
             Show progress bars.
+        download_images (`bool`, *optional*, defaults to `False`):
+            For a Hub repo id, also download and unzip its `images.zip` (large) so that the subset's image paths
+            exist, as training needs.
 
     Returns:
         `tuple[datasets.Dataset, dict]`: the subset in the HF PRM format (image paths resolved against the corpus
@@ -303,7 +307,7 @@ def build_subset(
     >>> report["total"]["kept"] == len(train_dataset)
     True
     """
-    annotations_dir, root = resolve_visualprm400k(path_or_repo, revision=revision)
+    annotations_dir, root = resolve_visualprm400k(path_or_repo, revision=revision, download_images=download_images)
     ds = annotations_to_dataset(annotations_dir, num_proc=num_proc, progress=progress)
     scored = score_rollouts(ds, tau=tau, alpha=alpha)
     subset = select_subset(scored, method=method, ratio=ratio, alpha=alpha, seed=seed)

@@ -103,7 +103,8 @@ def load_prm_datasets(
     if script_args.selection is not None:
         from bis_prm.selection import build_subset
 
-        dataset, report = build_subset(name, **script_args.selection, num_proc=num_proc)
+        # training reads the images: a Hub corpus needs its images.zip too
+        dataset, report = build_subset(name, **script_args.selection, num_proc=num_proc, download_images=True)
         dataset = DatasetDict({script_args.dataset_train_split: dataset})
     elif Path(name).suffix in _DATA_FILE_BUILDERS and os.path.isfile(name):
         dataset = load_dataset(_DATA_FILE_BUILDERS[Path(name).suffix], data_files={"train": name})

@@ -48,6 +48,21 @@ def test_selection_on_the_fly_equals_build_subset(assets, tmp_path):
     assert report["total"]["kept"] == expected_report["total"]["kept"] == 6
 
 
+def test_selection_from_a_hub_corpus_downloads_its_images(assets, tmp_path, monkeypatch):
+    """Training reads the images, so selecting from a Hub repo id on the fly also downloads its images.zip."""
+    corpus = write_raw_corpus(tmp_path / "corpus")
+    asked = []
+
+    def fake_resolve(path_or_repo, revision=None, download_images=False):
+        asked.append((path_or_repo, download_images))
+        return corpus / "annotations", corpus
+
+    monkeypatch.setattr("bis_prm.selection.resolve_visualprm400k", fake_resolve)
+    selection = {"method": "bis", "ratio": 0.5, "alpha": 0.2}
+    train, _, _ = load_prm_datasets(ScriptArguments("OpenGVLab/VisualPRM400K-v1.1-Raw", selection=selection))
+    assert asked == [("OpenGVLab/VisualPRM400K-v1.1-Raw", True)] and len(train) == 6
+
+
 def test_main_trains_saves_and_writes_the_model_card(assets, tmp_path):
     corpus = write_raw_corpus(tmp_path / "corpus")
     config = tmp_path / "recipe.yaml"
