@@ -568,6 +568,7 @@ class PRMTrainer(_BaseTrainer):
         tags: str | list[str] | None = None,
         selection: dict[str, Any] | None = None,
         eval_results: dict[str, float] | None = None,
+        visualprocessbench: dict[str, Any] | None = None,
     ) -> None:
         """
         Write the model card `README.md` in `args.output_dir` from bis_prm's PRM template.
@@ -583,6 +584,9 @@ class PRMTrainer(_BaseTrainer):
                 BIS selection parameters (`method`, `ratio`, `alpha`, `tau`, `seed`) and the selection report.
             eval_results (`dict[str, float]`, *optional*):
                 Evaluation scores to put in the card.
+            visualprocessbench (`dict`, *optional*):
+                VisualProcessBench metrics as written by `bis-prm eval` (`metrics.json`): the card's per-source
+                macro-F1 table. Without them the card says how to evaluate.
         """
         if not self.is_world_process_zero():
             return
@@ -630,6 +634,7 @@ class PRMTrainer(_BaseTrainer):
             training=training,
             eval_results={key: value for key, value in (eval_results or {}).items() if _is_score(key)},
             step_token=args.step_token,
+            visualprocessbench=visualprocessbench or {},
             citation=_CITATION,
         )
         card.save(os.path.join(args.output_dir, "README.md"))

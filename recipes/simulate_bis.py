@@ -67,22 +67,32 @@ def main() -> None:
                 run_dir / "subset.parquet", base, sample.benchmark_dir, run_dir, args.recipe, overrides=overrides
             )
             results[method].append(
-                {"seed": seed, "steps": state["global_step"], "overall_macro_f1": metrics["micro_over_sources"]}
+                {
+                    "seed": seed,
+                    "steps": state["global_step"],
+                    "overall_macro_f1": metrics["micro_over_sources"],
+                    "auroc": metrics["auroc"],
+                }
             )
             print(f"== {method} seed {seed}: overall macro-F1 {metrics['micro_over_sources']:.4f}", flush=True)
 
     (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, default=str, indent=2))
     print(f"\nEmbedded sample, {args.arch} tiny PRM, budget: {args.budget}, seeds {args.seeds}, threshold 0.5 (fixed)")
-    print("| data | rollouts | train steps | overall macro-F1 (mean ± std) | per seed |")
-    print("| --- | ---: | ---: | ---: | --- |")
+    print("| data | rollouts | train steps | overall macro-F1 (mean ± std) | per seed | AUROC (mean ± std) |")
+    print("| --- | ---: | ---: | ---: | --- | ---: |")
     for method, runs in results.items():
         scores = [100 * run["overall_macro_f1"] for run in runs]
-        spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        aurocs = [100 * run["auroc"] for run in runs]
         label = "full" if method == "full" else f"{method.upper() if method == 'bis' else method}-{args.ratio:.0%}"
         print(
-            f"| {label} | {sizes[method]} | {runs[0]['steps']} | {statistics.mean(scores):.2f} ± {spread:.2f} | "
-            f"{', '.join(f'{score:.2f}' for score in scores)} |"
+            f"| {label} | {sizes[method]} | {runs[0]['steps']} | {_mean_std(scores)} | "
+            f"{', '.join(f'{score:.2f}' for score in scores)} | {_mean_std(aurocs)} |"
         )
+
+
+def _mean_std(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
 
 
 if __name__ == "__main__":

@@ -208,6 +208,17 @@ def test_train_loss_decreases_saves_and_scores(assets, tmp_path):
     card = (tmp_path / "out" / "README.md").read_text()
     assert "ratio `0.1`, alpha\n  `0.2`" in card
     assert f"| eval_f1_positive | {metrics['eval_f1_positive']:.4f} |" in card and "eval_runtime" not in card
+    assert "Not evaluated on VisualProcessBench yet" in card
+    vpb = {
+        "threshold": 0.5,
+        "threshold_source": "fixed",
+        "total_steps": 30,
+        "micro_over_sources": 0.61234,
+        "per_source": {"MMMU": {"steps": 10, "macro_f1": 0.5}, "WeMath": {"steps": 20, "macro_f1": 0.66851}},
+    }
+    trainer.create_model_card(dataset_name="local", visualprocessbench=vpb)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| MMMU | 10 | 50.00 |\n| WeMath | 20 | 66.85 |\n| **Overall** | 30 | **61.23** |" in card
     model, processor = load_prm(args.output_dir)
     scores = score_steps(model, processor, train.select(range(2)).to_list(), batch_size=2)
     assert [len(s) for s in scores] == [1, 4] and all(0.0 <= v <= 1.0 for s in scores for v in s)
