@@ -138,10 +138,11 @@ def test_zero3_two_processes_on_the_tiny_recipe(assets, tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_resume_matches_an_uninterrupted_run(assets, tmp_path):
-    """DDP on 2 CPU processes: resuming from the step-2 checkpoint gives the uninterrupted run's final weights."""
+@pytest.mark.parametrize("launcher", ["ddp", "zero3"])
+def test_resume_matches_an_uninterrupted_run(assets, tmp_path, launcher):
+    """2 CPU processes (DDP or ZeRO-3): resuming from the step-2 checkpoint gives the uninterrupted run's weights."""
     workdir = _tiny_recipe_workdir(tmp_path, assets["model"])
-    common = ["--config_file", "recipes/accelerate_configs/ddp.yaml", "--num_processes", "2"]
+    common = ["--config_file", f"recipes/accelerate_configs/{launcher}.yaml", "--num_processes", "2"]
     recipe = [
         "recipes/train.py",
         "--config",
