@@ -217,18 +217,19 @@ def _parse_lines(lines: list[bytes]) -> dict[str, pa.Array]:
 def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Start and end offsets of every line of `data` (a final newline opens no extra line) and the indices of the
     non-blank ones."""
-    starts, ends, non_blank = [], [], []
-    position, size = 0, len(data)
-    while position < size:
-        end = data.find(b"\n", position)
-        end = size if end < 0 else end
-        # JSON lines start with "{"; only the others need a closer look
-        if data.startswith(b"{", position) or data[position:end].strip():
-            non_blank.append(len(starts))
-        starts.append(position)
-        ends.append(end)
-        position = end + 1
-    return np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64), np.array(non_blank, dtype=np.int64)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buffer == ord("\n"))
+    if data and not data.endswith(b"\n"):
+        ends = np.append(ends, len(data))
+    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64) if len(ends) else ends.astype(np.int64)
+    first_bytes = np.full(len(starts), -1)
+    not_empty = starts < ends
+    first_bytes[not_empty] = buffer[starts[not_empty]]
+    # JSON lines start with "{"; only the others need a closer look
+    opens_object = first_bytes == ord("{")
+    others = [i for i in np.flatnonzero(~opens_object) if data[starts[i] : ends[i]].strip()]
+    non_blank = np.union1d(np.flatnonzero(opens_object), np.array(others, dtype=np.int64))
+    return starts, ends.astype(np.int64), non_blank.astype(np.int64)
 
 
 def _invalid_reasons(columns: dict[str, pa.Array]) -> pa.Array:
