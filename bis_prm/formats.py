@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrow_utils import arrow_columns
+from .arrow_utils import arrow_columns, list_array, list_parts
 
 PRM_COLUMNS = (
     "image", "question", "steps", "labels", "mc_scores", "p_pos", "reliability", "bis", "is_mixed", "source"
@@ -30,11 +30,8 @@ _JSON_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"
 def _prm_batch(batch: pa.Table, image_root: str | None) -> pa.Table:
     image = batch.column("image").combine_chunks()
     if image_root is not None:
-        lengths = pc.list_value_length(image).to_numpy(zero_copy_only=False)
-        paths = pc.binary_join_element_wise(image_root, pc.list_flatten(image), "/")
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-        np.cumsum(lengths, out=offsets[1:])
-        image = pa.ListArray.from_arrays(pa.array(offsets), paths)
+        lengths, paths = list_parts(image)
+        image = list_array(lengths, pc.binary_join_element_wise(image_root, paths, "/"))
     question_orig = batch.column("question_orig")
     question = pc.if_else(pc.equal(question_orig, ""), batch.column("question"), question_orig)
     steps = batch.column("steps").combine_chunks()
@@ -91,14 +88,8 @@ def _json_string(strings: pa.StringArray) -> pa.Array:
 
 def _join_lists(lists: pa.ListArray, values: pa.Array, separator: str) -> pa.Array:
     """Join the strings of each list, after replacing the flat values of `lists` by `values`."""
-    return pc.binary_join(pa.ListArray.from_arrays(_offsets(lists), values), separator)
-
-
-def _offsets(lists: pa.ListArray) -> pa.Array:
-    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    return pa.array(offsets)
+    lengths, _ = list_parts(lists)
+    return pc.binary_join(list_array(lengths, values), separator)
 
 
 def internvl_lines(batch: pa.Table) -> pa.Array:

@@ -12,14 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .arrow_utils import list_array, list_parts, per_row_sum
+
 SCORE_COLUMNS = ("labels", "p_pos", "reliability", "bis", "is_mixed")
-
-
-def _list_parts(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    return lengths, pc.list_flatten(array).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def bis_from_stats(p_pos: np.ndarray, reliability: np.ndarray, alpha: float) -> np.ndarray:
@@ -59,25 +54,22 @@ def score_batch(batch: pa.Table, tau: float = 0.0, alpha: float = 0.2) -> pa.Tab
     >>> score_batch(batch, alpha=0.2).column("bis").to_pylist()
     [0.225, 0.2]
     """
-    n = batch.num_rows
-    lengths, scores = _list_parts(batch.column("mc_scores"))
-    rows = np.repeat(np.arange(n), lengths)
+    lengths, flat_scores = list_parts(batch.column("mc_scores"))
+    scores = flat_scores.to_numpy(zero_copy_only=False).astype(np.float64)
     with np.errstate(invalid="ignore"):
         bad_step = ~np.isfinite(scores) | (scores < 0.0) | (scores > 1.0)
-    valid = (lengths > 0) & (np.bincount(rows, weights=bad_step, minlength=n) == 0)
+    valid = (lengths > 0) & (per_row_sum(lengths, bad_step) == 0)
     if "invalid_reason" in batch.column_names:
         valid &= pc.equal(batch.column("invalid_reason"), "").to_numpy(zero_copy_only=False)
     positive = scores > tau
-    n_pos = np.bincount(rows, weights=positive, minlength=n)
+    n_pos = per_row_sum(lengths, positive)
     # a sequential per-row sum, like Python's `sum`, so ties are broken exactly as in the reference code
-    sum_pos = np.bincount(rows, weights=np.where(positive, scores, 0.0), minlength=n)
+    sum_pos = per_row_sum(lengths, np.where(positive, scores, 0.0))
     with np.errstate(invalid="ignore", divide="ignore"):
         p_pos = np.where(valid, n_pos / lengths, np.nan)
         reliability = np.where(valid, np.where(n_pos > 0, sum_pos / n_pos, 1.0), np.nan)
-    label_lengths = np.where(valid, lengths, 0)
-    offsets = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(label_lengths, out=offsets[1:])
-    labels = pa.ListArray.from_arrays(pa.array(offsets), pa.array(positive[valid[rows]].astype(np.float64)))
+    label_values = pa.array(positive[np.repeat(valid, lengths)].astype(np.float64))
+    labels = list_array(np.where(valid, lengths, 0), label_values)
     columns = {
         "labels": labels,
         "p_pos": pa.array(p_pos),

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrow_utils import arrow_columns
+from .arrow_utils import arrow_columns, list_parts, per_row_sum
 from .formats import to_prm_format
 from .scoring import bis_from_stats, score_rollouts
 from .visualprm400k import INVALID_REASONS, annotations_to_dataset, resolve_visualprm400k
@@ -47,12 +47,9 @@ def _groups(ds: datasets.Dataset, by: str | None) -> list[tuple[str, np.ndarray]
 
 
 def _mean_mc(mc_scores: pa.ChunkedArray) -> np.ndarray:
-    mc_scores = mc_scores.combine_chunks()
-    lengths = pc.fill_null(pc.list_value_length(mc_scores), 0).to_numpy(zero_copy_only=False)
-    flat = pc.list_flatten(mc_scores).to_numpy(zero_copy_only=False)
-    rows = np.repeat(np.arange(len(lengths)), lengths)
+    lengths, flat = list_parts(mc_scores)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.bincount(rows, weights=flat, minlength=len(lengths)) / lengths
+        return per_row_sum(lengths, flat.to_numpy(zero_copy_only=False)) / lengths
 
 
 def _ranking_key(table: pa.Table, method: str, alpha: float) -> np.ndarray | None:

@@ -33,6 +33,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 from tqdm.auto import tqdm
 
+from .arrow_utils import list_array, list_parts, per_row_sum
+
 if TYPE_CHECKING:
     import datasets
 
@@ -70,27 +72,10 @@ def _raw_schema(image_type: pa.DataType) -> pa.Schema:
     return pa.schema(fields + [("steps_with_score", pa.list_(_STEP_TYPE))])
 
 
-def _list_parts(array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array | pa.ChunkedArray]:
-    """Per-row lengths (0 for null lists) and the flat values of a list array."""
-    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy().astype(np.int64)
-    return lengths, pc.list_flatten(array)
-
-
 def _concat(arrays: list[pa.Array | pa.ChunkedArray]) -> pa.ChunkedArray:
     """Concatenate without copying (Arrow's JSON reader returns one chunk per parse block)."""
     chunks = [chunk for a in arrays for chunk in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
     return pa.chunked_array(chunks, type=arrays[0].type)
-
-
-def _list_array(lengths: np.ndarray, values: pa.Array) -> pa.ListArray:
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), values)
-
-
-def _any_per_row(lengths: np.ndarray, flags: np.ndarray) -> np.ndarray:
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    return np.bincount(rows, weights=flags, minlength=len(lengths)) > 0
 
 
 def _arrow_to_columns(raw: pa.Table, image_is_list: bool) -> dict[str, pa.ChunkedArray]:
@@ -109,15 +94,15 @@ def _batch_to_columns(raw: pa.RecordBatch, image_is_list: bool) -> dict[str, pa.
         images = pc.fill_null(image, pa.scalar([], pa.list_(pa.string())))
     else:
         present = pc.is_valid(image).to_numpy(zero_copy_only=False)
-        images = _list_array(present.astype(np.int64), pc.drop_null(image))
-    lengths, flat_steps = _list_parts(raw.column("steps_with_score"))
+        images = list_array(present.astype(np.int64), pc.drop_null(image))
+    lengths, flat_steps = list_parts(raw.column("steps_with_score"))
     scores = pc.fill_null(flat_steps.field("score"), math.nan)
     return {
         "image": images,
         "image_is_list": pa.array(np.full(n, image_is_list)),
         **{name: pc.fill_null(raw.column(name), "") for name in _TEXT_FIELDS},
-        "steps": _list_array(lengths, flat_steps.field("step")),
-        "mc_scores": _list_array(lengths, scores),
+        "steps": list_array(lengths, flat_steps.field("step")),
+        "mc_scores": list_array(lengths, scores),
         "_broken": pa.array(np.zeros(n, dtype=bool)),
     }
 
@@ -234,23 +219,23 @@ def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _invalid_reasons(columns: dict[str, pa.Array]) -> pa.Array:
     """Vectorised validity check; the first reason of `INVALID_REASONS` that applies wins."""
-    image_lengths, flat_images = _list_parts(columns["image"])
+    image_lengths, flat_images = list_parts(columns["image"])
     empty_image = pc.equal(pc.fill_null(flat_images, ""), "").to_numpy(zero_copy_only=False)
-    step_lengths, flat_steps = _list_parts(columns["steps"])
+    step_lengths, flat_steps = list_parts(columns["steps"])
     # Arrow's whitespace is exactly Python's `str.isspace`, so this is the reference code's `not step.strip()`
     blank = pc.equal(pc.utf8_trim_whitespace(pc.fill_null(flat_steps, "")), "").to_numpy(zero_copy_only=False)
-    _, flat_scores = _list_parts(columns["mc_scores"])
+    _, flat_scores = list_parts(columns["mc_scores"])
     scores = flat_scores.to_numpy(zero_copy_only=False)
     missing = ~np.isfinite(scores)
     with np.errstate(invalid="ignore"):
         out_of_range = (scores < 0.0) | (scores > 1.0)
     checks = [
         columns["_broken"].to_numpy(zero_copy_only=False),
-        (image_lengths == 0) | _any_per_row(image_lengths, empty_image),
+        (image_lengths == 0) | (per_row_sum(image_lengths, empty_image) > 0),
         step_lengths == 0,
-        _any_per_row(step_lengths, blank),
-        _any_per_row(step_lengths, missing),
-        _any_per_row(step_lengths, out_of_range),
+        per_row_sum(step_lengths, blank) > 0,
+        per_row_sum(step_lengths, missing) > 0,
+        per_row_sum(step_lengths, out_of_range) > 0,
     ]
     codes = np.zeros(len(step_lengths), dtype=np.int8)
     for code, failed in reversed(list(enumerate(checks, start=1))):
