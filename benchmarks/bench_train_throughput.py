@@ -37,9 +37,9 @@ from PIL import Image
 from transformers import TrainerCallback
 from trl import ModelConfig, TrlParser
 
-from bis_prm.prm_config import PRMConfig
-from bis_prm.prm_trainer import _VISION_TOWER_NAMES, PRMTrainer
-from bis_prm.training import ScriptArguments, get_prm_peft_config, load_prm_datasets
+from bis_prm.training.prm_config import PRMConfig
+from bis_prm.training.prm_trainer import _VISION_TOWER_NAMES, PRMTrainer
+from bis_prm.training.script import ScriptArguments, get_prm_peft_config, load_prm_datasets
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 

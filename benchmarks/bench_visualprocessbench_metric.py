@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bis_prm.metrics import compute_visualprocessbench
+from bis_prm.evaluation.metrics import compute_visualprocessbench
 
 sys.path.insert(0, str(Path(__file__).parent))
 from reference_visualprocessbench import reference_visualprocessbench  # noqa: E402

@@ -17,49 +17,49 @@ __version__ = "0.1.0.dev0"
 # public name -> module defining it
 _EXPORTS = {
     # data: VisualPRM400K-Raw -> scored rollouts -> BIS subset -> Hub
-    "load_visualprm400k": "bis_prm.visualprm400k",
-    "score_rollouts": "bis_prm.scoring",
-    "select_subset": "bis_prm.selection",
-    "select_bis": "bis_prm.selection",
-    "build_subset": "bis_prm.selection",
-    "subset_report": "bis_prm.selection",
-    "to_prm_format": "bis_prm.formats",
-    "write_subset": "bis_prm.formats",
-    "build_dataset_card": "bis_prm.hub",
-    "push_subset_to_hub": "bis_prm.hub",
+    "load_visualprm400k": "bis_prm.data.visualprm400k",
+    "score_rollouts": "bis_prm.data.scoring",
+    "select_subset": "bis_prm.data.selection",
+    "select_bis": "bis_prm.data.selection",
+    "build_subset": "bis_prm.data.selection",
+    "subset_report": "bis_prm.data.selection",
+    "to_prm_format": "bis_prm.data.formats",
+    "write_subset": "bis_prm.data.formats",
+    "build_dataset_card": "bis_prm.data.dataset_card",
+    "push_subset_to_hub": "bis_prm.data.dataset_card",
     # model: VLM -> step-level PRM
-    "GenericPRMForTokenClassification": "bis_prm.modeling_prm",
-    "Qwen2_5_VLForTokenClassification": "bis_prm.modeling_prm",
-    "InternVLForTokenClassification": "bis_prm.modeling_prm",
-    "LlavaForTokenClassification": "bis_prm.modeling_prm",
-    "add_step_token": "bis_prm.modeling_prm",
-    "load_prm": "bis_prm.modeling_prm",
-    "prm_lora_config": "bis_prm.modeling_prm",
-    "register_prm_architecture": "bis_prm.modeling_prm",
-    "PRMCollator": "bis_prm.processing_prm",
-    "render_prompt": "bis_prm.processing_prm",
-    "tile_images": "bis_prm.processing_prm",
-    "aggregate_many": "bis_prm.inference",
-    "aggregate_scores": "bis_prm.inference",
-    "score_steps": "bis_prm.inference",
+    "GenericPRMForTokenClassification": "bis_prm.model.modeling_prm",
+    "Qwen2_5_VLForTokenClassification": "bis_prm.model.modeling_prm",
+    "InternVLForTokenClassification": "bis_prm.model.modeling_prm",
+    "LlavaForTokenClassification": "bis_prm.model.modeling_prm",
+    "add_step_token": "bis_prm.model.modeling_prm",
+    "load_prm": "bis_prm.model.modeling_prm",
+    "prm_lora_config": "bis_prm.model.modeling_prm",
+    "register_prm_architecture": "bis_prm.model.modeling_prm",
+    "PRMCollator": "bis_prm.model.processing_prm",
+    "render_prompt": "bis_prm.model.processing_prm",
+    "tile_images": "bis_prm.model.processing_prm",
+    "aggregate_many": "bis_prm.model.inference",
+    "aggregate_scores": "bis_prm.model.inference",
+    "score_steps": "bis_prm.model.inference",
     # training: PRMTrainer on TRL
-    "PRMConfig": "bis_prm.prm_config",
-    "PRMTrainer": "bis_prm.prm_trainer",
-    "PRMDatasetError": "bis_prm.prm_trainer",
-    "ScriptArguments": "bis_prm.training",
+    "PRMConfig": "bis_prm.training.prm_config",
+    "PRMTrainer": "bis_prm.training.prm_trainer",
+    "PRMDatasetError": "bis_prm.training.prm_trainer",
+    "ScriptArguments": "bis_prm.training.script",
     # the embedded sample and the main job on it
-    "SampleConfig": "bis_prm.sample",
-    "SamplePaths": "bis_prm.sample",
-    "make_sample": "bis_prm.sample",
+    "SampleConfig": "bis_prm.data.sample",
+    "SamplePaths": "bis_prm.data.sample",
+    "make_sample": "bis_prm.data.sample",
     "QuickstartConfig": "bis_prm.quickstart",
     "run_quickstart": "bis_prm.quickstart",
     # evaluation: VisualProcessBench metric, runner, Best-of-N
-    "VISUALPROCESSBENCH": "bis_prm.metrics",
-    "compute_visualprocessbench": "bis_prm.metrics",
-    "load_visualprocessbench": "bis_prm.visualprocessbench",
-    "EvalConfig": "bis_prm.evaluation",
-    "evaluate_prm": "bis_prm.evaluation",
-    "best_of_n": "bis_prm.best_of_n",
+    "VISUALPROCESSBENCH": "bis_prm.evaluation.metrics",
+    "compute_visualprocessbench": "bis_prm.evaluation.metrics",
+    "load_visualprocessbench": "bis_prm.evaluation.visualprocessbench",
+    "EvalConfig": "bis_prm.evaluation.runner",
+    "evaluate_prm": "bis_prm.evaluation.runner",
+    "best_of_n": "bis_prm.evaluation.best_of_n",
 }
 
 __all__ = ["__version__", "register_prm_auto_classes", *_EXPORTS]
@@ -74,7 +74,7 @@ def __getattr__(name: str):
 register_prm_auto_classes()
 
 if not os.environ.get("BIS_PRM_NO_METRIC_INSTALL"):
-    from bis_prm.metrics import install_metric
+    from bis_prm.evaluation.metrics import install_metric
 
     try:
         install_metric()

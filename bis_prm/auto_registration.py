@@ -2,7 +2,7 @@
 `import bis_prm` pay for torch.
 
 Defining the PRM classes imports torch and the backbones' modelling code (seconds), which data-only work never
-needs (`bis-prm select`, its file-reading worker processes). So `import bis_prm` loads `bis_prm.modeling_prm` at
+needs (`bis-prm select`, its file-reading worker processes). So `import bis_prm` loads `bis_prm.model.modeling_prm` at
 once only when transformers' auto-model module is already loaded, and otherwise right after that module is first
 imported — before any `AutoModelForTokenClassification.from_pretrained` call can run.
 """
@@ -15,7 +15,7 @@ import importlib.util
 import sys
 
 AUTO_MODULE = "transformers.models.auto.modeling_auto"
-PRM_MODULE = "bis_prm.modeling_prm"
+PRM_MODULE = "bis_prm.model.modeling_prm"
 
 
 class _RegisterAfterAutoImport(importlib.abc.MetaPathFinder):
@@ -40,7 +40,7 @@ class _RegisterAfterAutoImport(importlib.abc.MetaPathFinder):
 
 def register_prm_auto_classes() -> None:
     """
-    Make `AutoModelForTokenClassification` resolve the PRM classes of `bis_prm.modeling_prm`.
+    Make `AutoModelForTokenClassification` resolve the PRM classes of `bis_prm.model.modeling_prm`.
 
     Called by `import bis_prm`; idempotent.
 

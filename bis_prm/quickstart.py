@@ -113,10 +113,10 @@ def train_and_evaluate(
     """
     from trl import ModelConfig, TrlParser
 
-    from bis_prm.evaluation import EvalConfig, evaluate_prm
-    from bis_prm.prm_config import PRMConfig
-    from bis_prm.training import ScriptArguments
-    from bis_prm.training import main as train
+    from bis_prm.evaluation.runner import EvalConfig, evaluate_prm
+    from bis_prm.training.prm_config import PRMConfig
+    from bis_prm.training.script import ScriptArguments
+    from bis_prm.training.script import main as train
 
     recipe = _existing_recipe(recipe)
     output_dir = Path(output_dir)
@@ -165,9 +165,9 @@ def run_quickstart(config: QuickstartConfig) -> dict:
     >>> summary["metrics"]["micro_over_sources"] > 0.6  # doctest: +SKIP
     True
     """
-    from bis_prm.formats import write_subset
-    from bis_prm.sample import make_sample
-    from bis_prm.selection import build_subset
+    from bis_prm.data.formats import write_subset
+    from bis_prm.data.sample import make_sample
+    from bis_prm.data.selection import build_subset
     from bis_prm.testing import make_tiny_vlm
 
     out = Path(config.output_dir).resolve()

@@ -20,10 +20,10 @@ import math
 import statistics
 from pathlib import Path
 
-from bis_prm.formats import write_subset
+from bis_prm.data.formats import write_subset
 from bis_prm.quickstart import TINY_RECIPE, train_and_evaluate
-from bis_prm.sample import make_sample
-from bis_prm.selection import build_subset
+from bis_prm.data.sample import make_sample
+from bis_prm.data.selection import build_subset
 from bis_prm.testing import make_tiny_vlm
 
 METHODS = {"full": {"method": "full"}, "bis": {"method": "bis"}, "random": {"method": "random"}}

@@ -4,13 +4,13 @@
         recipes/train.py --config recipes/qwen2_5_vl_7b/bis10.yaml
 
 Every key of the YAML file can be overridden on the command line (`--learning_rate 2e-5`). The run itself is
-`bis_prm.training.main`, which the quickstart calls in-process.
+`bis_prm.training.script.main`, which the quickstart calls in-process.
 """
 
 from trl import ModelConfig, TrlParser
 
-from bis_prm.prm_config import PRMConfig
-from bis_prm.training import ScriptArguments, main
+from bis_prm.training.prm_config import PRMConfig
+from bis_prm.training.script import ScriptArguments, main
 
 if __name__ == "__main__":
     parser = TrlParser((ScriptArguments, PRMConfig, ModelConfig))

@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset
 from PIL import Image
 
-from bis_prm.prm_config import PRMConfig
+from bis_prm.training.prm_config import PRMConfig
 from bis_prm.testing import make_tiny_vlm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,6 +1,6 @@
 import datasets
 
-from bis_prm.arrow_utils import arrow_columns
+from bis_prm.data.arrow_utils import arrow_columns
 
 
 def test_arrow_columns_follow_the_selection_across_chunks():

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from bis_prm.modeling_prm import load_prm
+from bis_prm.model.modeling_prm import load_prm
 from tests._model_utils import tiny_base
 
 IMPORTS = {

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-import bis_prm.inference
-from bis_prm.best_of_n import best_of_n, load_candidates, rerank
+import bis_prm.model.inference
+from bis_prm.evaluation.best_of_n import best_of_n, load_candidates, rerank
 
 QUESTIONS = [
     {
@@ -37,7 +37,7 @@ def fake_score_steps(model, processor, examples, batch_size=8, progress=False, m
 def test_best_of_n_with_a_monkeypatched_scorer(tmp_path, monkeypatch, aggregation, chosen, accuracy):
     path = tmp_path / "candidates.jsonl"
     path.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
-    monkeypatch.setattr(bis_prm.inference, "score_steps", fake_score_steps)
+    monkeypatch.setattr(bis_prm.model.inference, "score_steps", fake_score_steps)
     results, summary = best_of_n(None, None, path, aggregation)
     assert [r["chosen"] for r in results] == chosen
     assert summary["accuracy"] == accuracy

@@ -6,14 +6,14 @@ import sys
 import pytest
 
 from bis_prm.cli import main
-from bis_prm.evaluation import EvalConfig, evaluate_prm, read_predictions
+from bis_prm.evaluation.runner import EvalConfig, evaluate_prm, read_predictions
 from tests._metric_utils import REPO_ROOT, load_reference, write_benchmark
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A tiny saved PRM and a 7-row benchmark in the VisualProcessBench layout, one row of it unusable."""
-    from bis_prm.modeling_prm import load_prm
+    from bis_prm.model.modeling_prm import load_prm
     from bis_prm.testing import make_tiny_vlm
 
     root = tmp_path_factory.mktemp("eval")

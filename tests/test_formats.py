@@ -4,8 +4,8 @@ import datasets
 import pyarrow as pa
 import pytest
 
-from bis_prm.formats import PRM_COLUMNS, internvl_lines, to_prm_format, write_subset
-from bis_prm.scoring import score_rollouts
+from bis_prm.data.formats import PRM_COLUMNS, internvl_lines, to_prm_format, write_subset
+from bis_prm.data.scoring import score_rollouts
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@ import datasets
 import pytest
 from huggingface_hub import CommitInfo, HfApi
 
-from bis_prm.hub import build_dataset_card, push_subset_to_hub
+from bis_prm.data.dataset_card import build_dataset_card, push_subset_to_hub
 
 REPORT = {
     "sources": {

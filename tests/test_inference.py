@@ -4,8 +4,8 @@ import pytest
 import torch
 from _model_utils import one_thread, rollouts, tiny_base  # noqa: F401 (one_thread is an autouse fixture)
 
-from bis_prm.inference import aggregate_many, aggregate_scores, score_steps
-from bis_prm.modeling_prm import load_prm
+from bis_prm.model.inference import aggregate_many, aggregate_scores, score_steps
+from bis_prm.model.modeling_prm import load_prm
 
 
 @pytest.fixture(scope="module", params=["qwen2_5_vl", "internvl", "llava", "qwen2_vl"])
@@ -32,7 +32,7 @@ def test_score_steps_matches_logits_and_restores_mode(prm):
     scores = score_steps(model, processor, rollouts()[:1])
     assert model.training
     model.eval()
-    from bis_prm.processing_prm import PRMCollator
+    from bis_prm.model.processing_prm import PRMCollator
 
     batch = PRMCollator(processor)(rollouts()[:1])
     with torch.no_grad():

@@ -13,9 +13,9 @@ from transformers import (
 )
 from transformers.modeling_outputs import TokenClassifierOutput
 
-import bis_prm.modeling_prm as modeling_prm
-from bis_prm.inference import score_steps
-from bis_prm.modeling_prm import (
+import bis_prm.model.modeling_prm as modeling_prm
+from bis_prm.model.inference import score_steps
+from bis_prm.model.modeling_prm import (
     GenericPRMForTokenClassification,
     InternVLForTokenClassification,
     LlavaForTokenClassification,
@@ -25,7 +25,7 @@ from bis_prm.modeling_prm import (
     prm_loss,
     register_prm_architecture,
 )
-from bis_prm.processing_prm import PRMCollator
+from bis_prm.model.processing_prm import PRMCollator
 
 CLASSES = {
     "qwen2_5_vl": Qwen2_5_VLForTokenClassification,

@@ -5,8 +5,8 @@ import pytest
 from transformers import TrainingArguments
 from trl import ModelConfig, TrlParser
 
-from bis_prm.prm_config import PRMConfig
-from bis_prm.training import ScriptArguments
+from bis_prm.training.prm_config import PRMConfig
+from bis_prm.training.script import ScriptArguments
 
 
 def test_defaults_follow_the_paper(tmp_path):
@@ -85,7 +85,7 @@ def test_cpu_only_launches_get_a_process_group(tmp_path, monkeypatch):
     args = PRMConfig(output_dir=str(tmp_path))
     assert (args.ddp_backend, args.use_cpu) == (None, False)
     # Fields as an `accelerate launch` process sees them, checked before TrainingArguments sets up the devices
-    from bis_prm.prm_config import _set_cpu_distributed_defaults
+    from bis_prm.training.prm_config import _set_cpu_distributed_defaults
 
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")

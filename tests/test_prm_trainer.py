@@ -10,10 +10,10 @@ from _trainer_utils import prm_dataset, state_dict_cpu, tiny_config, tiny_vlm, w
 from packaging.version import Version
 from transformers.trainer_utils import EvalPrediction
 
-from bis_prm.inference import score_steps
-from bis_prm.modeling_prm import load_prm
-from bis_prm.prm_config import PRMConfig
-from bis_prm.prm_trainer import (
+from bis_prm.model.inference import score_steps
+from bis_prm.model.modeling_prm import load_prm
+from bis_prm.training.prm_config import PRMConfig
+from bis_prm.training.prm_trainer import (
     PRMDatasetError,
     PRMTrainer,
     compute_step_metrics,

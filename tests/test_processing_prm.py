@@ -4,8 +4,8 @@ from _model_utils import image, one_thread, rollouts, tiny_base  # noqa: F401 (o
 from PIL import Image
 from transformers import AutoProcessor
 
-from bis_prm.modeling_prm import add_step_token
-from bis_prm.processing_prm import PRMCollator, load_image, render_prompt, tile_images
+from bis_prm.model.modeling_prm import add_step_token
+from bis_prm.model.processing_prm import PRMCollator, load_image, render_prompt, tile_images
 
 
 @pytest.fixture(scope="module", params=["qwen2_5_vl", "internvl"])

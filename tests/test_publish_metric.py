@@ -4,8 +4,8 @@ import huggingface_hub
 import pytest
 
 from bis_prm.cli import main
-from bis_prm.metrics import VISUALPROCESSBENCH
-from bis_prm.metrics.publish import publish_metric
+from bis_prm.evaluation.metrics import VISUALPROCESSBENCH
+from bis_prm.evaluation.metrics.publish import publish_metric
 
 REPO = "me/visualprocessbench"
 

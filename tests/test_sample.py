@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from bis_prm.cli import main
-from bis_prm.sample import SAMPLE_SOURCES, SampleConfig, make_sample
+from bis_prm.data.sample import SAMPLE_SOURCES, SampleConfig, make_sample
 
 RAW_KEYS = {
     "image",

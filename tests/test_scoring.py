@@ -5,8 +5,8 @@ import pyarrow as pa
 import pytest
 from _data_utils import make_corpus, rollout_bis
 
-from bis_prm.scoring import score_batch, score_rollouts
-from bis_prm.visualprm400k import load_visualprm400k
+from bis_prm.data.scoring import score_batch, score_rollouts
+from bis_prm.data.visualprm400k import load_visualprm400k
 
 
 def _dataset():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from _data_utils import make_corpus
 
-from bis_prm.selection import build_subset, select_bis, select_subset, selection_indices, subset_report
+from bis_prm.data.selection import build_subset, select_bis, select_subset, selection_indices, subset_report
 
 NAN = math.nan
 # (mc_scores, invalid_reason); BIS at alpha=0.2 in the comments
@@ -88,7 +88,7 @@ def test_bad_arguments(scored):
 
 
 def test_report_counts_add_up(scored):
-    from bis_prm.scoring import score_rollouts
+    from bis_prm.data.scoring import score_rollouts
 
     scored = score_rollouts(scored, alpha=0.2)
     subset = select_subset(scored, ratio=0.25, alpha=0.2)

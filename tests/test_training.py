@@ -9,11 +9,11 @@ import torch
 from _trainer_utils import prm_dataset, tiny_vlm, write_images, write_raw_corpus
 from trl import ModelConfig, TrlParser
 
-from bis_prm.inference import score_steps
-from bis_prm.modeling_prm import load_prm
-from bis_prm.prm_config import PRMConfig
-from bis_prm.selection import build_subset
-from bis_prm.training import ScriptArguments, load_prm_datasets, main
+from bis_prm.model.inference import score_steps
+from bis_prm.model.modeling_prm import load_prm
+from bis_prm.training.prm_config import PRMConfig
+from bis_prm.data.selection import build_subset
+from bis_prm.training.script import ScriptArguments, load_prm_datasets, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def test_selection_from_a_hub_corpus_downloads_its_images(assets, tmp_path, monk
         asked.append((path_or_repo, download_images))
         return corpus / "annotations", corpus
 
-    monkeypatch.setattr("bis_prm.selection.resolve_visualprm400k", fake_resolve)
+    monkeypatch.setattr("bis_prm.data.selection.resolve_visualprm400k", fake_resolve)
     selection = {"method": "bis", "ratio": 0.5, "alpha": 0.2}
     train, _, _ = load_prm_datasets(ScriptArguments("OpenGVLab/VisualPRM400K-v1.1-Raw", selection=selection))
     assert asked == [("OpenGVLab/VisualPRM400K-v1.1-Raw", True)] and len(train) == 6
@@ -100,7 +100,7 @@ def _launch(args: list[str], cwd: Path, timeout: int = 1200) -> subprocess.Compl
 
 def _tiny_recipe_workdir(tmp_path: Path, model: str) -> Path:
     """A working directory laid out as the tiny recipe expects (`data/sample`, `data/tiny-qwen2_5_vl`)."""
-    from bis_prm.sample import make_sample
+    from bis_prm.data.sample import make_sample
 
     (tmp_path / "data").mkdir()
     make_sample(tmp_path / "data" / "sample")
@@ -212,7 +212,7 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(assets, 
 
 
 def test_peft_config_is_token_classification_on_the_language_model():
-    from bis_prm.training import get_prm_peft_config
+    from bis_prm.training.script import get_prm_peft_config
 
     assert get_prm_peft_config(ModelConfig()) is None
     config = get_prm_peft_config(ModelConfig(use_peft=True, lora_r=8, lora_task_type="CAUSAL_LM"))

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pytest
 from _data_utils import DIRTY_LINES, make_corpus, write_dirty_corpus
 
-from bis_prm import visualprm400k
-from bis_prm.visualprm400k import load_visualprm400k, read_annotation_file, resolve_visualprm400k
+from bis_prm.data import visualprm400k
+from bis_prm.data.visualprm400k import load_visualprm400k, read_annotation_file, resolve_visualprm400k
 
 
 def test_clean_corpus_rows_match_the_raw_lines(tmp_path):

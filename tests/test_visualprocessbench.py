@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from bis_prm.visualprocessbench import load_visualprocessbench
+from bis_prm.evaluation.visualprocessbench import load_visualprocessbench
 from tests._metric_utils import write_benchmark
 
 

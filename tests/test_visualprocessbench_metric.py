@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from bis_prm.metrics import VISUALPROCESSBENCH, compute_visualprocessbench, install_metric, select_threshold
-from bis_prm.metrics.install import script_hash
-from bis_prm.metrics.visualprocessbench.visualprocessbench import _auroc, _round4
+from bis_prm.evaluation.metrics import VISUALPROCESSBENCH, compute_visualprocessbench, install_metric, select_threshold
+from bis_prm.evaluation.metrics.install import script_hash
+from bis_prm.evaluation.metrics.visualprocessbench.visualprocessbench import _auroc, _round4
 from tests._metric_utils import REPO_ROOT, load_reference, random_benchmark
 
 reference = load_reference()
@@ -177,10 +177,10 @@ def test_evaluate_load_by_path_and_bare_name_offline(tmp_path):
         """
         import doctest, json, sys
         import bis_prm  # installs the metric into the (fresh) modules cache
-        from bis_prm.metrics import VISUALPROCESSBENCH, install_metric
+        from bis_prm.evaluation.metrics import VISUALPROCESSBENCH, install_metric
         import evaluate
         from evaluate.loading import files_to_hash
-        from bis_prm.metrics.visualprocessbench import visualprocessbench as module
+        from bis_prm.evaluation.metrics.visualprocessbench import visualprocessbench as module
 
         kwargs = json.loads(sys.argv[1])
         out = {"hash_matches": files_to_hash([VISUALPROCESSBENCH]) == install_metric().split("/")[-2]}

@@ -29,8 +29,8 @@ def add_parser(subparsers, name: str, help: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from bis_prm.best_of_n import best_of_n
-    from bis_prm.modeling_prm import load_prm
+    from bis_prm.evaluation.best_of_n import best_of_n
+    from bis_prm.model.modeling_prm import load_prm
 
     model, processor = load_prm(args.model)
     model.eval()

@@ -46,7 +46,7 @@ def add_parser(subparsers, name: str, help: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bis_prm.evaluation import EvalConfig, evaluate_prm
+    from bis_prm.evaluation.runner import EvalConfig, evaluate_prm
 
     config = EvalConfig(
         model=args.model,

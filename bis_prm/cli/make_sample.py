@@ -1,10 +1,10 @@
-"""`bis-prm make-sample DIR`: write the embedded sample corpus and benchmark (see `bis_prm.sample`)."""
+"""`bis-prm make-sample DIR`: write the embedded sample corpus and benchmark (see `bis_prm.data.sample`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from bis_prm.sample import SampleConfig, make_sample
+from bis_prm.data.sample import SampleConfig, make_sample
 
 
 def add_parser(subparsers, name: str, help: str) -> None:

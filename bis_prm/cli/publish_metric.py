@@ -22,7 +22,7 @@ def add_parser(subparsers, name: str, help: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bis_prm.metrics.publish import prepare_space, publish_metric
+    from bis_prm.evaluation.metrics.publish import prepare_space, publish_metric
 
     if args.dry_run:
         folder = prepare_space(args.repo_id, args.dry_run)

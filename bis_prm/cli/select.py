@@ -8,10 +8,10 @@ import os
 import shlex
 import sys
 
-from ..formats import FORMATS, to_prm_format, write_subset
-from ..scoring import score_rollouts
-from ..selection import METHODS, select_subset, subset_report
-from ..visualprm400k import INVALID_REASONS, annotations_to_dataset, resolve_visualprm400k
+from ..data.formats import FORMATS, to_prm_format, write_subset
+from ..data.scoring import score_rollouts
+from ..data.selection import METHODS, select_subset, subset_report
+from ..data.visualprm400k import INVALID_REASONS, annotations_to_dataset, resolve_visualprm400k
 
 _DESCRIPTION = """\
 Score every rollout of a VisualPRM400K-style corpus (<root>/annotations/<source>.jsonl) with the Balanced-Information
@@ -118,11 +118,11 @@ def run(args: argparse.Namespace) -> int:
         with open(args.report, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
     if args.plot:
-        from ..plots import plot_selection_histograms
+        from ..data.plots import plot_selection_histograms
 
         plot_selection_histograms(scored, subset, args.plot)
     if args.push_to_hub:
-        from ..hub import push_subset_to_hub
+        from ..data.dataset_card import push_subset_to_hub
 
         prm = to_prm_format(subset, image_root=root)
         url = push_subset_to_hub(prm, args.push_to_hub, report, _command(args), args.embed_images, args.private)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from bis_prm.metrics.install import install_metric
+from bis_prm.evaluation.metrics.install import install_metric
 
 VISUALPROCESSBENCH = str(Path(__file__).parent / "visualprocessbench" / "visualprocessbench.py")
 
@@ -22,6 +22,6 @@ __all__ = ["VISUALPROCESSBENCH", "compute_visualprocessbench", "install_metric",
 
 def __getattr__(name: str):
     if name in _LAZY:
-        module = importlib.import_module("bis_prm.metrics.visualprocessbench.visualprocessbench")
+        module = importlib.import_module("bis_prm.evaluation.metrics.visualprocessbench.visualprocessbench")
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bis_prm.metrics import compute_visualprocessbench, select_threshold
-from bis_prm.visualprocessbench import DATA_SOURCES, load_visualprocessbench
+from bis_prm.evaluation.metrics import compute_visualprocessbench, select_threshold
+from bis_prm.evaluation.visualprocessbench import DATA_SOURCES, load_visualprocessbench
 
 
 @dataclass
@@ -162,8 +162,8 @@ def evaluate_prm(config: EvalConfig) -> dict | None:
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from bis_prm.inference import score_steps
-    from bis_prm.modeling_prm import load_prm
+    from bis_prm.model.inference import score_steps
+    from bis_prm.model.modeling_prm import load_prm
 
     state = PartialState()
     # tune first: a bad --threshold-from file fails before the (long) scoring

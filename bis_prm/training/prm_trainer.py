@@ -45,9 +45,9 @@ from transformers.trainer_utils import EvalPrediction
 from transformers.utils import is_peft_available
 from trl.trainer.base_trainer import _BaseTrainer
 
-from bis_prm.modeling_prm import load_prm
-from bis_prm.prm_config import PRMConfig
-from bis_prm.processing_prm import PRMCollator
+from bis_prm.model.modeling_prm import load_prm
+from bis_prm.training.prm_config import PRMConfig
+from bis_prm.model.processing_prm import PRMCollator
 
 if is_peft_available():
     from peft import PeftConfig, get_peft_model
@@ -99,7 +99,7 @@ def validate_prm_dataset(dataset: Dataset, args: PRMConfig, dataset_name: str = 
     >>> validate_prm_dataset(ds, PRMConfig(output_dir="out"))
     Traceback (most recent call last):
     ...
-    bis_prm.prm_trainer.PRMDatasetError: The train dataset cannot be used for PRM training (1 problem):
+    bis_prm.training.prm_trainer.PRMDatasetError: The train dataset cannot be used for PRM training (1 problem):
       - row 0: column 'labels' has 1 values but 'steps' has 2
     ```
     """
@@ -335,7 +335,7 @@ class PRMTrainer(_BaseTrainer):
 
     Args:
         model (`str` or [`~transformers.PreTrainedModel`]):
-            A PRM, or a model id / path: a saved PRM or a base VLM, which [`~bis_prm.modeling_prm.load_prm`] turns into
+            A PRM, or a model id / path: a saved PRM or a base VLM, which [`~bis_prm.model.modeling_prm.load_prm`] turns into
             a PRM with `args.head`.
         args ([`PRMConfig`], *optional*):
             Training configuration. Defaults to `PRMConfig("<model name>-PRM")`.

@@ -81,7 +81,7 @@ def rerank(
         >>> rerank([q], [[[0.2], [0.9]]])[1]["accuracy"]
         1.0
     """
-    from bis_prm.inference import aggregate_scores
+    from bis_prm.model.inference import aggregate_scores
 
     results = []
     for question, scores in zip(questions, step_scores, strict=True):
@@ -121,7 +121,7 @@ def best_of_n(
         >>> model, processor = load_prm("path/to/prm")
         >>> results, summary = best_of_n(model, processor, "candidates.jsonl", aggregation="min")
     """
-    from bis_prm.inference import score_steps
+    from bis_prm.model.inference import score_steps
 
     questions = load_candidates(candidates_file)
     examples = [

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from bis_prm.processing_prm import PRMCollator
+from bis_prm.model.processing_prm import PRMCollator
 
 __all__ = ["AGGREGATIONS", "aggregate_scores", "aggregate_many", "score_steps"]
 

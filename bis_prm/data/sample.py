@@ -621,7 +621,7 @@ def make_sample(output_dir: str | Path, config: SampleConfig | None = None, **ov
 
     Example:
 
-    >>> from bis_prm.sample import make_sample
+    >>> from bis_prm.data.sample import make_sample
     >>> paths = make_sample("sample", seed=0, num_rollouts=200, num_benchmark_rows=50)
     >>> sorted(p.name for p in paths.annotations_dir.glob("*.jsonl"))
     ['bar_charts.jsonl', 'colors.jsonl', 'counting.jsonl', 'digits.jsonl', 'shapes.jsonl']

@@ -19,9 +19,9 @@ import transformers
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from trl import ModelConfig
 
-from bis_prm.modeling_prm import prm_lora_config
-from bis_prm.prm_config import PRMConfig
-from bis_prm.prm_trainer import PRMTrainer
+from bis_prm.model.modeling_prm import prm_lora_config
+from bis_prm.training.prm_config import PRMConfig
+from bis_prm.training.prm_trainer import PRMTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ScriptArguments:
         eval_ratio (`float`, *optional*, defaults to `0.0`):
             Share of the training rollouts held out for evaluation when there is no test split.
         selection (`dict`, *optional*):
-            Run data selection on the fly with `bis_prm.selection.build_subset`: keys `method` (`"bis"`, ...),
+            Run data selection on the fly with `bis_prm.data.selection.build_subset`: keys `method` (`"bis"`, ...),
             `ratio`, `alpha`, `tau`, `seed`. Leave unset to train on `dataset_name` as is.
     """
 
@@ -101,7 +101,7 @@ def load_prm_datasets(
     name = script_args.dataset_name
     report = None
     if script_args.selection is not None:
-        from bis_prm.selection import build_subset
+        from bis_prm.data.selection import build_subset
 
         # training reads the images: a Hub corpus needs its images.zip too
         dataset, report = build_subset(name, **script_args.selection, num_proc=num_proc, download_images=True)
@@ -216,7 +216,7 @@ def get_prm_peft_config(model_args: ModelConfig):
 
     Always `task_type="TOKEN_CLS"` (whatever `lora_task_type` says) so the `score` head stays trainable; without
     `lora_target_modules` the adapters go on the language model's projections
-    ([`~bis_prm.modeling_prm.prm_lora_config`]). With LoRA, the output directory holds the adapter.
+    ([`~bis_prm.model.modeling_prm.prm_lora_config`]). With LoRA, the output directory holds the adapter.
 
     >>> get_prm_peft_config(ModelConfig(use_peft=True, lora_r=8)).task_type
     'TOKEN_CLS'

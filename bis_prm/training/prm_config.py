@@ -28,7 +28,7 @@ class PRMConfig(_BaseConfig):
 
         model_init_kwargs (`dict[str, Any]`, *optional*):
             Keyword arguments for `from_pretrained`, used when the `model` argument of the [`PRMTrainer`] is a model id
-            or path (passed through [`~bis_prm.modeling_prm.load_prm`]).
+            or path (passed through [`~bis_prm.model.modeling_prm.load_prm`]).
         head (`str`, *optional*, defaults to `"yes_no"`):
             Head created when the model is a base VLM: `"yes_no"` initialises the 2-row `score` head from the LM
             head's "Yes"/"No" rows, `"linear"` initialises it randomly. Ignored for a model that already is a PRM.

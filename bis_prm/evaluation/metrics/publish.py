@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bis_prm.metrics import VISUALPROCESSBENCH
+from bis_prm.evaluation.metrics import VISUALPROCESSBENCH
 
 REQUIREMENTS = "evaluate>=0.4.6\ndatasets\nnumpy\n"
 
