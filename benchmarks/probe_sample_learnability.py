@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
+from bis_prm.data.sample import make_sample
 from bis_prm.model.inference import score_steps
 from bis_prm.model.modeling_prm import load_prm
 from bis_prm.model.processing_prm import PRMCollator
-from bis_prm.data.sample import make_sample
 from bis_prm.testing import make_tiny_vlm
 
 

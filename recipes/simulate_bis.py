@@ -21,9 +21,9 @@ import statistics
 from pathlib import Path
 
 from bis_prm.data.formats import write_subset
-from bis_prm.quickstart import TINY_RECIPE, train_and_evaluate
 from bis_prm.data.sample import make_sample
 from bis_prm.data.selection import build_subset
+from bis_prm.quickstart import TINY_RECIPE, train_and_evaluate
 from bis_prm.testing import make_tiny_vlm
 
 METHODS = {"full": {"method": "full"}, "bis": {"method": "bis"}, "random": {"method": "random"}}

@@ -11,8 +11,8 @@ import torch
 from datasets import Dataset
 from PIL import Image
 
-from bis_prm.training.prm_config import PRMConfig
 from bis_prm.testing import make_tiny_vlm
+from bis_prm.training.prm_config import PRMConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

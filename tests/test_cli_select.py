@@ -88,7 +88,9 @@ def test_push_to_hub_gets_the_prm_subset_report_and_command(clean_corpus, tmp_pa
     import bis_prm.data.dataset_card
 
     calls = []
-    monkeypatch.setattr(bis_prm.data.dataset_card, "push_subset_to_hub", lambda *args: calls.append(args) or "https://hub/commit")
+    monkeypatch.setattr(
+        bis_prm.data.dataset_card, "push_subset_to_hub", lambda *args: calls.append(args) or "https://hub/commit"
+    )
     out = tmp_path / "subset.parquet"
     assert select("--annotations-dir", clean_corpus, "--output", out, "--push-to-hub", "me/bis10") == 0
     [(prm, repo_id, report, command, embed_images, private)] = calls

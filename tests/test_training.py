@@ -9,10 +9,10 @@ import torch
 from _trainer_utils import prm_dataset, tiny_vlm, write_images, write_raw_corpus
 from trl import ModelConfig, TrlParser
 
+from bis_prm.data.selection import build_subset
 from bis_prm.model.inference import score_steps
 from bis_prm.model.modeling_prm import load_prm
 from bis_prm.training.prm_config import PRMConfig
-from bis_prm.data.selection import build_subset
 from bis_prm.training.script import ScriptArguments, load_prm_datasets, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -46,8 +46,8 @@ from transformers.utils import is_peft_available
 from trl.trainer.base_trainer import _BaseTrainer
 
 from bis_prm.model.modeling_prm import load_prm
-from bis_prm.training.prm_config import PRMConfig
 from bis_prm.model.processing_prm import PRMCollator
+from bis_prm.training.prm_config import PRMConfig
 
 if is_peft_available():
     from peft import PeftConfig, get_peft_model
@@ -335,7 +335,7 @@ class PRMTrainer(_BaseTrainer):
 
     Args:
         model (`str` or [`~transformers.PreTrainedModel`]):
-            A PRM, or a model id / path: a saved PRM or a base VLM, which [`~bis_prm.model.modeling_prm.load_prm`] turns into
+            A PRM, or a model id / path: a saved PRM or a base VLM, which [`~bis_prm.load_prm`] turns into
             a PRM with `args.head`.
         args ([`PRMConfig`], *optional*):
             Training configuration. Defaults to `PRMConfig("<model name>-PRM")`.
