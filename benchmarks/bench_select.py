@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from bis_prm.testing import make_corpus
 
-from make_corpus import make_corpus  # noqa: E402
+# the test oracle, run as its own process: the baseline
+REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "oracles" / "reference_selection.py"
 
 
 def run_measured(command: list[str]) -> tuple[float, float, float]:
@@ -58,7 +58,7 @@ def main() -> None:
     out = args.corpus.parent / f"{args.corpus.name}_outputs"
     out.mkdir(exist_ok=True)
     selection = ["--ratio", str(args.ratio), "--alpha", str(args.alpha)]
-    baseline = [sys.executable, str(HERE / "reference_selection.py"), "--annotations-dir", str(annotations)]
+    baseline = [sys.executable, str(REFERENCE), "--annotations-dir", str(annotations)]
     baseline += ["--output", str(out / "baseline.jsonl"), *selection]
     ours = [sys.executable, "-m", "bis_prm", "select", "--annotations-dir", str(annotations), "--format", "internvl"]
     ours += ["--output", str(out / "bis_prm.jsonl"), *selection]

@@ -1,6 +1,6 @@
 """Speed of the VisualProcessBench metric with `threshold="auto"` against the reference's loop, in the same run.
 
-    python benchmarks/bench_visualprocessbench_metric.py [--rows 2866] [--seed 0]
+    python -m benchmarks.bench_visualprocessbench_metric [--rows 2866] [--seed 0]    # from the repository root
 
 Builds a benchmark the size of VisualProcessBench (2,866 rows, ~27k steps, 5 sources, about 9% neutral and a
 realistic correct/wrong mix), scores it with noisy probabilities, runs both implementations on the same data, checks
@@ -10,16 +10,12 @@ they agree and prints both times and the speed-up.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from bis_prm.evaluation.metrics import compute_visualprocessbench
-
-sys.path.insert(0, str(Path(__file__).parent))
-from reference_visualprocessbench import reference_visualprocessbench  # noqa: E402
+from tests.oracles.reference_visualprocessbench import reference_visualprocessbench
 
 SOURCES = ["MMMU", "MathVision", "MathVerse", "DynaMath", "WeMath"]
 

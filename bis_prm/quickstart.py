@@ -134,7 +134,6 @@ def train_and_evaluate(
             benchmark=str(benchmark),
             output_dir=str(output_dir / "eval"),
             threshold=threshold,
-            any_source=True,
         )
     )
     return state, metrics

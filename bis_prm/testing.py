@@ -1,5 +1,6 @@
-"""Tiny random vision-language checkpoints for tests and demos, built fully offline.
+"""Offline building blocks for tests and demos: tiny random checkpoints and synthetic data in the real layouts.
 
+`make_corpus` writes a synthetic corpus in the VisualPRM400K-Raw layout (any size, for tests and benchmarks).
 `make_tiny_vlm` writes a base `...ForConditionalGeneration` checkpoint (a couple of layers, hidden size 64, a tiny
 vision tower) together with a working processor: a byte-level BPE tokenizer trained here on a small built-in text,
 the architecture's special tokens, a ChatML-style chat template and an image processor sized so that an image costs
@@ -8,14 +9,23 @@ only a few tokens. Both load with `AutoProcessor.from_pretrained` / `AutoModelFo
 
 from __future__ import annotations
 
+import json
 import os
+import random
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForImageTextToText, PreTrainedTokenizerFast
 
-__all__ = ["TINY_ARCHITECTURES", "make_tiny_vlm", "tiny_tokenizer"]
+__all__ = [
+    "TINY_ARCHITECTURES",
+    "VISUALPROCESSBENCH_SOURCES",
+    "make_corpus",
+    "make_tiny_vlm",
+    "tiny_tokenizer",
+    "write_visualprocessbench",
+]
 
 TINY_ARCHITECTURES = ("qwen2_5_vl", "internvl", "llava", "qwen2_vl")
 
@@ -307,3 +317,166 @@ def make_tiny_vlm(arch: str, path: str | os.PathLike, seed: int = 0, **overrides
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+# ---- a synthetic corpus in the VisualPRM400K-Raw layout ----
+
+_CORPUS_WORDS = (
+    "the triangle area angle value figure shows compute therefore circle radius length equals total number of "
+    "each side graph point line answer option 距离 角度 面积 température naïve ≤ ≥ π √ ∠ – “quoted” "
+).split()
+
+
+def _corpus_text(rng: random.Random, n_words: int) -> str:
+    return " ".join(rng.choice(_CORPUS_WORDS) for _ in range(n_words))
+
+
+def _corpus_rollout(rng: random.Random, source: str, index: int, list_image: bool) -> dict:
+    """One synthetic rollout record."""
+    n_steps = rng.randint(1, 12)
+    steps = []
+    for j in range(n_steps):
+        # later steps fail more often, like MC estimates along a solution
+        correct = rng.choice([16, 16, 16, 15, 14, 12, 8, 4, 1, 0, 0]) if j < n_steps // 2 else rng.randint(0, 16)
+        text = f"Step {j + 1}: {_corpus_text(rng, rng.randint(8, 40))}."
+        steps.append({"step": text, "score": correct / 16, "num_mc_correct": correct, "num_mc_total": 16})
+    image = f"VisualPRM400K-v1.1-Raw/{source}/{index:06d}.png"
+    question_orig = f"{_corpus_text(rng, rng.randint(10, 40))}?"
+    return {
+        "image": [image, image.replace(".png", "_b.png")] if list_image else image,
+        "question": f"<image>\n{question_orig}\nAnswer the question using a single word or phrase.",
+        "question_orig": question_orig,
+        "answer": rng.choice(["A", "B", "C", "D", "12", "3.5", "yes"]),
+        "response": "\n\n".join(step["step"] for step in steps),
+        "num_mc_sequences": 16,
+        "steps_with_score": steps,
+    }
+
+
+def make_corpus(
+    root: str | Path,
+    num_sources: int = 38,
+    rollouts_per_source: int = 100,
+    seed: int = 0,
+    list_image_sources: int = 3,
+    list_image_share: float = 0.2,
+) -> Path:
+    """
+    Write a synthetic corpus in the VisualPRM400K-Raw layout under `root/annotations` and return that folder.
+
+    Rollouts look like the real ones: a long instruction-style question, 1-12 steps with MC scores in multiples of
+    1/16 (16 MC samples, so BIS ties are common), unicode text; the first `list_image_sources` sources store `image`
+    as a list in some rows (as multi-image sources do). No image file is written.
+
+    Example:
+
+    ```python
+    >>> annotations = make_corpus("/tmp/corpus", num_sources=38, rollouts_per_source=10527)  # ~400k rollouts
+    >>> len(list(annotations.glob("*.jsonl")))
+    38
+    ```
+    """
+    rng = random.Random(seed)
+    annotations = Path(root) / "annotations"
+    annotations.mkdir(parents=True, exist_ok=True)
+    for s in range(num_sources):
+        source = f"source_{s:02d}"
+        with open(annotations / f"{source}.jsonl", "w", encoding="utf-8") as f:
+            for i in range(rollouts_per_source):
+                list_image = s < list_image_sources and rng.random() < list_image_share
+                f.write(json.dumps(_corpus_rollout(rng, source, i, list_image), ensure_ascii=False) + "\n")
+    return annotations
+
+
+# ---- a synthetic benchmark in the VisualProcessBench layout ----
+
+# The sources of the real test.jsonl, as it names them, with their row counts (2,866 rows, 26,950 steps in all)
+VISUALPROCESSBENCH_SOURCES = {
+    "MathVerse_MINI_Vision_Only": 1026,
+    "MathVision_MINI": 712,
+    "DynaMath": 570,
+    "WeMath": 291,
+    "MMMU_DEV_VAL": 267,
+}
+
+
+def _figure(rng: random.Random, width: int, height: int):
+    """A plot-like figure: white background, axes and a few coloured shapes (compresses like real figures)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.line((width // 10, height - height // 10, width - width // 20, height - height // 10), fill="black", width=2)
+    draw.line((width // 10, height // 20, width // 10, height - height // 10), fill="black", width=2)
+    for _ in range(rng.randint(2, 6)):
+        x0, y0 = rng.randrange(width // 2), rng.randrange(height // 2)
+        box = (x0, y0, x0 + rng.randint(10, width // 2), y0 + rng.randint(10, height // 2))
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, outline=colour, width=3)
+    return image
+
+
+def write_visualprocessbench(
+    root: str | os.PathLike,
+    rows: int | None = None,
+    seed: int = 0,
+    image_side: tuple[int, int] = (300, 1500),
+    steps: tuple[int, int] = (4, 20),
+    two_image_share: float = 0.05,
+    sources: dict[str, int] | None = None,
+) -> Path:
+    """
+    Write a synthetic benchmark in the exact VisualProcessBench layout (`test.jsonl` + `images/`) and return `root`.
+
+    Rows are spread over the real file's five sources in its proportions and with its names
+    (`MathVerse_MINI_Vision_Only`, ...); `image` is always a list of paths relative to `root` (a few rows hold two
+    images), `response` holds `steps` and `process_correctness` (1 / -1 / 0, about 70 / 22 / 8 %), and every row
+    carries `question`, `answer`, `policy_model` and `data_source`. Image sides are drawn uniformly in `image_side`.
+
+    Args:
+        root (`str` or `os.PathLike`): output directory.
+        rows (`int`, *optional*): number of rows; defaults to the real 2,866.
+        seed (`int`, *optional*, defaults to `0`): the same seed writes the same bytes.
+        image_side (`tuple[int, int]`, *optional*, defaults to `(300, 1500)`): range of image widths and heights.
+        steps (`tuple[int, int]`, *optional*, defaults to `(4, 20)`): range of steps per row.
+        two_image_share (`float`, *optional*, defaults to `0.05`): share of rows with two images.
+        sources (`dict[str, int]`, *optional*): source name -> relative weight; defaults to the real ones.
+
+    Example:
+
+    ```python
+    >>> bench = write_visualprocessbench("/tmp/vpb", rows=100, image_side=(28, 56))
+    >>> sorted(p.name for p in bench.iterdir())
+    ['images', 'test.jsonl']
+    ```
+    """
+    root = Path(root)
+    rng = random.Random(seed)
+    weights = sources or VISUALPROCESSBENCH_SOURCES
+    rows = sum(VISUALPROCESSBENCH_SOURCES.values()) if rows is None else rows
+    names = list(weights)
+    lines = []
+    for index in range(rows):
+        source = rng.choices(names, weights=[weights[name] for name in names])[0]
+        images = []
+        for k in range(2 if rng.random() < two_image_share else 1):
+            relative = f"images/{source}/{index:05d}_{k}.png"
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            _figure(rng, rng.randint(*image_side), rng.randint(*image_side)).save(root / relative)
+            images.append(relative)
+        n = rng.randint(*steps)
+        record = {
+            "image": images,
+            "question": f"{_corpus_text(rng, rng.randint(15, 60))}?",
+            "answer": rng.choice(["A", "B", "C", "D", "12", "3.5"]),
+            "response": {
+                "steps": [f"{_corpus_text(rng, rng.randint(8, 50))}." for _ in range(n)],
+                "process_correctness": rng.choices([1, -1, 0], weights=[70, 22, 8], k=n),
+            },
+            "policy_model": rng.choice(["InternVL2.5-8B", "Qwen2-VL-72B", "GPT-4o"]),
+            "data_source": source,
+        }
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "test.jsonl").write_text("".join(lines), encoding="utf-8")
+    return root

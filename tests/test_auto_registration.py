@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from bis_prm.model.modeling_prm import load_prm
-from tests._model_utils import tiny_base
+from tests.utils import tiny_base
 
 IMPORTS = {
     # transformers' auto classes loaded after bis_prm: the import hook registers, and torch was not needed before

@@ -1,9 +1,11 @@
 import json
 
 import pytest
-from _data_utils import DIRTY_LINES, make_corpus, reference_select, write_dirty_corpus
 
 from bis_prm.cli import main
+from bis_prm.testing import make_corpus
+from tests.oracles.reference_selection import reference_select
+from tests.utils import DIRTY_LINES, write_dirty_corpus
 
 
 def select(*args: str) -> int:

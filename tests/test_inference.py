@@ -2,10 +2,10 @@ import math
 
 import pytest
 import torch
-from _model_utils import one_thread, rollouts, tiny_base  # noqa: F401 (one_thread is an autouse fixture)
 
 from bis_prm.model.inference import aggregate_many, aggregate_scores, score_steps
 from bis_prm.model.modeling_prm import load_prm
+from tests.utils import rollouts, tiny_base
 
 
 @pytest.fixture(scope="module", params=["qwen2_5_vl", "internvl", "llava", "qwen2_vl"])
@@ -45,7 +45,7 @@ def test_score_steps_names_the_bad_rollout(prm):
     model, processor = prm
     examples = rollouts()
     examples[2]["steps"] = []
-    with pytest.raises(ValueError, match=r"rollouts 2\.\.3: Example 0: The rollout has no step"):
+    with pytest.raises(ValueError, match=r"^Rollout 2: The rollout has no step"):
         score_steps(model, processor, examples, batch_size=2)
 
 

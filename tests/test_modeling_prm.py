@@ -1,7 +1,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from _model_utils import one_thread, rollouts, soft, step_logits, tiny_base  # noqa: F401 (one_thread is an autouse fixture)
 from peft import get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
@@ -26,6 +25,7 @@ from bis_prm.model.modeling_prm import (
     register_prm_architecture,
 )
 from bis_prm.model.processing_prm import PRMCollator
+from tests.utils import rollouts, soft, step_logits, tiny_base
 
 CLASSES = {
     "qwen2_5_vl": Qwen2_5_VLForTokenClassification,

@@ -6,7 +6,6 @@ import pytest
 import torch
 import transformers
 import trl
-from _trainer_utils import prm_dataset, state_dict_cpu, tiny_config, tiny_vlm, write_images
 from packaging.version import Version
 from transformers.trainer_utils import EvalPrediction
 
@@ -22,12 +21,13 @@ from bis_prm.training.prm_trainer import (
     positive_probabilities,
     validate_prm_dataset,
 )
+from tests.utils import prm_dataset, state_dict_cpu, tiny_base, tiny_config, write_images
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("prm_trainer")
-    return {"model": tiny_vlm(root), "images": write_images(root / "images")}
+    return {"model": str(tiny_base("qwen2_5_vl", tmp_path_factory)), "images": write_images(root / "images")}
 
 
 # ---- the TRL base we rely on ----

@@ -1,11 +1,11 @@
 import pytest
 import torch
-from _model_utils import image, one_thread, rollouts, tiny_base  # noqa: F401 (one_thread is an autouse fixture)
 from PIL import Image
 from transformers import AutoProcessor
 
 from bis_prm.model.modeling_prm import add_step_token
 from bis_prm.model.processing_prm import PRMCollator, load_image, render_prompt, tile_images
+from tests.utils import image, rollouts, tiny_base
 
 
 @pytest.fixture(scope="module", params=["qwen2_5_vl", "internvl"])
@@ -101,7 +101,7 @@ def test_collator_without_labels_is_inference(qwen_processor):
         (lambda exs: exs[1].update(labels=[1.0, 0.0]), "Example 1: 4 steps but 2 labels"),
         (lambda exs: exs[3].update(labels=[1.0, 0.0, 1.0, 1.0]), "Example 3: 3 steps but 4 labels"),
         (lambda exs: exs[2].update(labels=[1.5]), "Example 2: labels must lie in"),
-        (lambda exs: exs[0].pop("labels"), "Example 0 has no 'labels'"),
+        (lambda exs: exs[0].pop("labels"), "Example 0: no 'labels' while other examples"),
         (lambda exs: exs[2].update(steps=[], labels=[]), "Example 2: The rollout has no step"),
         (lambda exs: exs[1].update(question="Q<prm>"), "Example 1: The question already contains"),
         (lambda exs: exs[3].update(image="/nonexistent/figure.png"), "Example 3: Cannot open image '/nonexistent"),

@@ -10,15 +10,41 @@ from bis_prm.evaluation.metrics.publish import publish_metric
 REPO = "me/visualprocessbench"
 
 
-def test_dry_run_writes_the_space_files(tmp_path):
+def test_dry_run_writes_the_space_files(tmp_path, capsys):
     assert main(["publish-metric", "--repo-id", "me/vpb", "--dry-run", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "app.py", "requirements.txt", "vpb.py"]
     assert (tmp_path / "vpb.py").read_text() == open(VISUALPROCESSBENCH).read()  # evaluate fetches <name>.py
     assert (tmp_path / "README.md").read_text().startswith("---\ntitle: VisualProcessBench\n")
     app = (tmp_path / "app.py").read_text()
     assert 'evaluate.load("me/vpb")' in app and "launch_gradio_widget(module)" in app
-    with pytest.raises(ValueError, match="<user>/<name>"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["publish-metric", "--repo-id", "vpb", "--dry-run", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "bis-prm publish-metric: error: argument --repo-id: expected a Hub repo id <namespace>/<name>, got 'vpb'\n"
+    )
+
+
+def test_publishing_checks_the_login_before_any_work(monkeypatch, capsys):
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    assert main(["publish-metric", "--repo-id", "me/vpb"]) == 2
+    assert capsys.readouterr().err == (
+        "bis-prm publish-metric: error: pushing to me/vpb needs a Hub login: run `hf auth login` or set HF_TOKEN\n"
+    )
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def whoami(self):
+            return {"name": "someone", "orgs": [{"name": "lab"}]}
+
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_xxx")
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    assert main(["publish-metric", "--repo-id", "me/vpb"]) == 2
+    assert (
+        "the Hub user 'someone' cannot write to 'me/vpb' (may write to: ['lab', 'someone'])" in capsys.readouterr().err
+    )
 
 
 def test_publish_calls_the_hub_api(monkeypatch):

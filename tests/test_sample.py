@@ -170,4 +170,4 @@ def test_cli_make_sample(tmp_path, capsys):
     assert len(_read_jsonl(tmp_path / "benchmark" / "test.jsonl")) == 10
 
     assert main(["make-sample", str(tmp_path / "bad"), "--num-rollouts", "2"]) == 2
-    assert "at least the number of sources" in capsys.readouterr().out
+    assert "at least the number of sources" in capsys.readouterr().err

@@ -3,10 +3,11 @@ import math
 import datasets
 import pyarrow as pa
 import pytest
-from _data_utils import make_corpus, rollout_bis
 
 from bis_prm.data.scoring import score_batch, score_rollouts
 from bis_prm.data.visualprm400k import load_visualprm400k
+from bis_prm.testing import make_corpus
+from tests.oracles.reference_selection import rollout_bis
 
 
 def _dataset():

@@ -3,9 +3,9 @@ import math
 import datasets
 import numpy as np
 import pytest
-from _data_utils import make_corpus
 
 from bis_prm.data.selection import build_subset, select_bis, select_subset, selection_indices, subset_report
+from bis_prm.testing import make_corpus
 
 NAN = math.nan
 # (mc_scores, invalid_reason); BIS at alpha=0.2 in the comments

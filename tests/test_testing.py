@@ -2,12 +2,12 @@ import json
 
 import pytest
 import torch
-from _model_utils import image, one_thread, tiny_base  # noqa: F401 (one_thread is an autouse fixture)
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from bis_prm.cli import main
 from bis_prm.testing import make_tiny_vlm, tiny_tokenizer
+from tests.utils import image, tiny_base
 
 ARCHES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from _trainer_utils import prm_dataset, tiny_vlm, write_images, write_raw_corpus
 from trl import ModelConfig, TrlParser
 
 from bis_prm.data.selection import build_subset
@@ -14,14 +13,14 @@ from bis_prm.model.inference import score_steps
 from bis_prm.model.modeling_prm import load_prm
 from bis_prm.training.prm_config import PRMConfig
 from bis_prm.training.script import ScriptArguments, load_prm_datasets, main
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.utils import REPO_ROOT, prm_dataset, tiny_base, write_images, write_raw_corpus
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("training")
-    return {"root": root, "model": tiny_vlm(root), "images": write_images(root / "images")}
+    model = str(tiny_base("qwen2_5_vl", tmp_path_factory))
+    return {"root": root, "model": model, "images": write_images(root / "images")}
 
 
 def test_load_from_file_and_from_disk_with_eval_split(assets, tmp_path):

@@ -4,10 +4,11 @@ import zipfile
 
 import pyarrow as pa
 import pytest
-from _data_utils import DIRTY_LINES, make_corpus, write_dirty_corpus
 
 from bis_prm.data import visualprm400k
 from bis_prm.data.visualprm400k import load_visualprm400k, read_annotation_file, resolve_visualprm400k
+from bis_prm.testing import make_corpus
+from tests.utils import DIRTY_LINES, write_dirty_corpus
 
 
 def test_clean_corpus_rows_match_the_raw_lines(tmp_path):

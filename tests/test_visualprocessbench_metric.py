@@ -12,9 +12,8 @@ from sklearn.metrics import roc_auc_score
 from bis_prm.evaluation.metrics import VISUALPROCESSBENCH, compute_visualprocessbench, install_metric, select_threshold
 from bis_prm.evaluation.metrics.install import script_hash
 from bis_prm.evaluation.metrics.visualprocessbench.visualprocessbench import _auroc, _round4
-from tests._metric_utils import REPO_ROOT, load_reference, random_benchmark
-
-reference = load_reference()
+from tests.oracles.reference_visualprocessbench import reference_visualprocessbench as reference
+from tests.utils import REPO_ROOT, random_benchmark
 
 
 def assert_same(actual: dict, expected: dict, tol: float = 1e-12):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from bis_prm.cli import CommandError, positive_int, writable_dir
 from bis_prm.data.sample import SampleConfig, make_sample
 
 
@@ -19,13 +20,16 @@ def add_parser(subparsers, name: str, help: str) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("output_dir", metavar="DIR", help="Directory to write the sample to.")
+    parser.add_argument("output_dir", metavar="DIR", type=writable_dir, help="Directory to write the sample to.")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="Seed; the same seed writes the same bytes.")
     parser.add_argument(
-        "--num-rollouts", type=int, default=defaults.num_rollouts, help="Training rollouts over all sources."
+        "--num-rollouts", type=positive_int, default=defaults.num_rollouts, help="Training rollouts over all sources."
     )
     parser.add_argument(
-        "--num-benchmark-rows", type=int, default=defaults.num_benchmark_rows, help="Benchmark rows over all sources."
+        "--num-benchmark-rows",
+        type=positive_int,
+        default=defaults.num_benchmark_rows,
+        help="Benchmark rows over all sources.",
     )
     parser.set_defaults(func=run)
 
@@ -36,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed, num_rollouts=args.num_rollouts, num_benchmark_rows=args.num_benchmark_rows
         )
     except ValueError as error:
-        print(f"bis-prm make-sample: error: {error}")
-        return 2
+        raise CommandError(str(error)) from None
     paths = make_sample(args.output_dir, config)
     corpus, benchmark = paths.statistics["corpus"], paths.statistics["benchmark"]
     steps = corpus["steps"]

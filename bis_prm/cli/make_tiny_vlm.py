@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from bis_prm.cli import writable_dir
+
 
 def add_parser(subparsers, name: str, help: str) -> None:
     from bis_prm.testing import TINY_ARCHITECTURES
@@ -18,7 +20,7 @@ def add_parser(subparsers, name: str, help: str) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--arch", choices=TINY_ARCHITECTURES, default="qwen2_5_vl", help="Backbone architecture.")
-    parser.add_argument("--output", required=True, help="Output directory.")
+    parser.add_argument("--output", required=True, type=writable_dir, help="Output directory.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights.")
     parser.set_defaults(func=run)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from bis_prm.cli import check_hub_write_access, hub_repo_id, writable_dir
+
 
 def add_parser(subparsers, name: str, help: str) -> None:
     parser = subparsers.add_parser(
@@ -15,13 +17,18 @@ def add_parser(subparsers, name: str, help: str) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--repo-id", required=True, help="The Space, <user>/<name>.")
+    parser.add_argument("--repo-id", required=True, type=hub_repo_id, help="The Space, <user>/<name>.")
     parser.add_argument("--private", action="store_true", help="Create a private Space.")
-    parser.add_argument("--dry-run", metavar="DIR", default=None, help="Only write the Space's files to DIR.")
+    parser.add_argument(
+        "--dry-run", metavar="DIR", type=writable_dir, default=None, help="Only write the Space's files to DIR."
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.dry_run:
+        check_hub_write_access(args.repo_id)
+
     from bis_prm.evaluation.metrics.publish import prepare_space, publish_metric
 
     if args.dry_run:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from bis_prm.cli import existing_file, probability, writable_dir
+
 
 def add_parser(subparsers, name: str, help: str) -> None:
     from bis_prm.quickstart import TINY_RECIPE
@@ -19,11 +21,15 @@ def add_parser(subparsers, name: str, help: str) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--output-dir", default="quickstart_output", help="Where everything is written.")
-    parser.add_argument("--recipe", default=str(TINY_RECIPE), help="Training recipe (YAML).")
-    parser.add_argument("--arch", default="qwen2_5_vl", help="Backbone of the tiny VLM (qwen2_5_vl, internvl).")
+    parser.add_argument(
+        "--output-dir", default="quickstart_output", type=writable_dir, help="Where everything is written."
+    )
+    parser.add_argument("--recipe", default=str(TINY_RECIPE), type=existing_file, help="Training recipe (YAML).")
+    parser.add_argument("--arch", default="qwen2_5_vl", choices=["qwen2_5_vl", "internvl"], help="Tiny VLM backbone.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the sample and the tiny model.")
-    parser.add_argument("--threshold", type=float, default=0.5, help="Fixed step threshold of the evaluation.")
+    parser.add_argument(
+        "--threshold", type=probability, default=0.5, help="Fixed step threshold of the evaluation, in [0, 1]."
+    )
     parser.set_defaults(func=run)
 
 

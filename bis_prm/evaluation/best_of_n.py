@@ -8,47 +8,86 @@ Candidates file (JSONL, one question per line):
 `image` (paths relative to the file's folder, a string or a list) and `answer` are optional. A candidate is correct
 when its `correct` flag says so, else when its `answer` equals the question's `answer` (stripped, case-insensitive);
 accuracy is reported over the questions where every candidate's correctness is known.
+
+No line can stop the run: a question that cannot be read or scored (broken JSON, a candidate without steps, an
+unreadable image, ...) is skipped and reported by reason with its 1-based line in the summary's `skipped`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bis_prm.data.images import MAX_IMAGE_PIXELS, ImageProblem, read_image_size, resolve_image
+from bis_prm.evaluation.jsonl import SkippedRows, iter_jsonl
 
-def load_candidates(path: str | os.PathLike) -> list[dict]:
+__all__ = ["best_of_n", "load_candidates", "rerank"]
+
+
+def _question_problem(question: object, step_token: str | None) -> tuple[str, str] | None:
+    """(reason, message) when a candidates line cannot be reranked, else None."""
+    if not isinstance(question, dict):
+        return "broken_json", f"not a JSON object but a {type(question).__name__}"
+    if question.get("question") is None or question.get("candidates") is None:
+        return "missing_fields", "needs `question` and `candidates`"
+    candidates = question["candidates"]
+    images = question.get("image")
+    images = [images] if isinstance(images, str) else [] if images is None else images
+    if not isinstance(question["question"], str) or not isinstance(images, list):
+        return "wrong_type", "`question` must be a string and `image` a path or a list of paths"
+    if not isinstance(candidates, list) or not candidates or not all(isinstance(c, dict) for c in candidates):
+        return "wrong_type", "`candidates` must be a non-empty list of objects"
+    for k, candidate in enumerate(candidates):
+        steps = candidate.get("steps")
+        if not steps:
+            return "no_steps", f"candidate {k} has no `steps`"
+        if not isinstance(steps, list) or not all(isinstance(step, str) for step in steps):
+            return "wrong_type", f"candidate {k}: `steps` must be a list of strings"
+        if step_token and any(step_token in step for step in [question["question"], *steps]):
+            return "step_token_in_text", f"candidate {k}: the text already contains the step token {step_token!r}"
+    if not all(isinstance(image, str) and image for image in images):
+        return "wrong_type", "`image` must be a path or a list of paths"
+    return None
+
+
+def load_candidates(
+    path: str | os.PathLike, step_token: str | None = "<prm>", max_image_pixels: int = MAX_IMAGE_PIXELS
+) -> tuple[list[dict], SkippedRows]:
     """
-    Read and check a candidates JSONL file (format in the module docstring); image paths are resolved.
+    Read a candidates JSONL file (format in the module docstring), image paths resolved and checked from their
+    headers. A line that cannot be reranked is skipped and recorded with its reason and 1-based line.
+
+    Returns:
+        `tuple`: the usable questions (each with its `line`) and the [`~bis_prm.evaluation.jsonl.SkippedRows`].
 
     Example:
-        >>> questions = load_candidates("candidates.jsonl")
-        >>> len(questions[0]["candidates"])
-        8
+
+    ```python
+    >>> questions, skipped = load_candidates("candidates.jsonl")
+    >>> len(questions[0]["candidates"]), skipped.counts()
+    (8, {})
+    ```
     """
     root = Path(path).parent
-    questions = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {line_number}"
-            try:
-                question = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: broken JSON ({err}).") from None
-            if "question" not in question or not question.get("candidates"):
-                raise ValueError(f"{where}: needs `question` and a non-empty `candidates` list.")
-            for k, candidate in enumerate(question["candidates"]):
-                if not candidate.get("steps"):
-                    raise ValueError(f"{where}: candidate {k} has no `steps`.")
+    questions, skipped = [], SkippedRows()
+    for line, question, problem in iter_jsonl(path):
+        problem = problem or _question_problem(question, step_token)
+        if problem is None:
             images = question.get("image") or []
             images = [images] if isinstance(images, str) else images
-            question["image"] = [str(root / image) if not os.path.isabs(image) else image for image in images]
-            question.setdefault("id", line_number - 1)
-            questions.append(question)
-    return questions
+            try:
+                question["image"] = [str(resolve_image(image, root, contained=False)) for image in images]
+                question["image_sizes"] = [read_image_size(image, max_image_pixels) for image in question["image"]]
+            except ImageProblem as error:
+                problem = (error.reason, str(error))
+        if problem is not None:
+            skipped.add(problem[0], line, problem[1])
+            continue
+        question.setdefault("id", line - 1)
+        question["line"] = line
+        questions.append(question)
+    return questions, skipped
 
 
 def _is_correct(question: dict, candidate: dict) -> bool | None:
@@ -113,22 +152,47 @@ def best_of_n(
     aggregation: str = "mean",
     batch_size: int = 8,
     max_images: int | None = None,
+    max_batch_tokens: int | None = None,
+    num_workers: int = 0,
 ) -> tuple[list[dict], dict]:
     """
     Score every candidate of a candidates file with a PRM and rerank them (see [`rerank`]).
 
-    Example:
-        >>> model, processor = load_prm("path/to/prm")
-        >>> results, summary = best_of_n(model, processor, "candidates.jsonl", aggregation="min")
-    """
-    from bis_prm.model.inference import score_steps
+    A question that cannot be read, or one of whose candidates cannot be rendered, is skipped (a reranking over
+    fewer candidates would not be Best-of-N) and reported in the summary's `skipped` by reason and line.
 
-    questions = load_candidates(candidates_file)
-    examples = [
-        {"image": q["image"], "question": q["question"], "steps": c["steps"]}
-        for q in questions
-        for c in q["candidates"]
-    ]
-    flat = iter(score_steps(model, processor, examples, batch_size=batch_size, progress=True, max_images=max_images))
-    step_scores = [[next(flat) for _ in q["candidates"]] for q in questions]
-    return rerank(questions, step_scores, aggregation)
+    Example:
+
+    ```python
+    >>> model, processor = load_prm("path/to/prm")
+    >>> results, summary = best_of_n(model, processor, "candidates.jsonl", aggregation="min")
+    ```
+    """
+    from bis_prm.model.inference import StepScorer
+
+    questions, skipped = load_candidates(candidates_file, step_token=model.config.step_token)
+    examples, owner = [], []
+    for q, question in enumerate(questions):
+        for candidate in question["candidates"]:
+            examples.append(
+                {**{k: question[k] for k in ("image", "image_sizes", "question")}, "steps": candidate["steps"]}
+            )
+            owner.append(q)
+    scorer = StepScorer(model, processor, batch_size, max_batch_tokens, max_images, num_workers=num_workers)
+    scores, failed = {}, {}
+    for row, row_scores, failure in scorer.iter_scores(examples, scorer.plan(examples), progress=True):
+        if failure is None:
+            scores[row] = row_scores
+        else:
+            failed.setdefault(owner[row], failure)
+    for q, (reason, message) in sorted(failed.items()):
+        skipped.add(reason, questions[q]["line"], message)
+    kept = [q for q in range(len(questions)) if q not in failed]
+    step_scores = {q: [] for q in kept}
+    for row, q in enumerate(owner):
+        if q in step_scores:
+            step_scores[q].append(scores[row])
+    results, summary = rerank([questions[q] for q in kept], [step_scores[q] for q in kept], aggregation)
+    summary["questions_read"] = len(questions) + skipped.total() - len(failed)
+    summary["skipped"] = skipped.summary()
+    return results, summary

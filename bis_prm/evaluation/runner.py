@@ -1,18 +1,33 @@
 """`bis-prm eval`: score every step of a VisualProcessBench-layout benchmark with a PRM and write its metrics.
 
-Runs on one process or under `accelerate launch --num_processes N`: the rows are split between the processes, the
-scores gathered on every rank, and rank 0 computes the metrics and writes the files.
+Built for a 7-8B PRM on one or more GPUs: the model is loaded in its checkpoint's dtype straight onto its device;
+rows are batched by total tokens (text + image tokens, image sizes from the file headers), longest first, and
+rendered (images decoded, processor run) in `DataLoader` workers. The batches do not depend on the number of
+processes: under `accelerate launch --num_processes N` whole batches are dealt so that every process computes a
+similar number of tokens, and the scores are the same as on one process. Rank 0 gathers them, computes the metrics
+and writes the files.
+
+No row can abort the run: a row that cannot be read or rendered is skipped and reported by reason with its 1-based
+line number (in `metrics.json`, `metrics.md` and on the console), and the metrics are computed over the others.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bis_prm.evaluation.metrics import compute_visualprocessbench, select_threshold
-from bis_prm.evaluation.visualprocessbench import DATA_SOURCES, load_visualprocessbench
+from bis_prm.evaluation.visualprocessbench import VisualProcessBench, display_source, load_visualprocessbench
+
+__all__ = ["EvalConfig", "NoUsableRowsError", "evaluate_prm", "metrics_table", "plot_metrics", "read_predictions"]
+
+
+class NoUsableRowsError(ValueError):
+    """Raised when no row of the benchmark can be scored; the message says why."""
 
 
 @dataclass
@@ -22,15 +37,20 @@ class EvalConfig:
 
     Parameters:
         model (`str`):
-            A saved PRM or a base VLM checkpoint (see [`~bis_prm.load_prm`]).
+            A saved PRM (local directory or Hub id).
         benchmark (`str`):
             A directory with `test.jsonl` and images, a JSONL file, or a Hub dataset repo id.
         output_dir (`str`):
             Where `predictions.jsonl`, `metrics.json`, `metrics.md` and `plots.png` are written.
         batch_size (`int`, *optional*, defaults to `8`):
-            Rows per forward pass.
+            Most rows per forward pass.
+        max_batch_tokens (`int`, *optional*, defaults to `32768`):
+            Most tokens per forward pass, padding included (rows x the longest row); `None` for no limit.
+        num_workers (`int`, *optional*):
+            `DataLoader` workers per process that decode images and run the processor; defaults to
+            `min(4, CPU cores / processes)`.
         threshold (`float` or `str`, *optional*, defaults to `0.5`):
-            A float, or `"auto"` to tune it on the evaluated predictions as the reference evaluator does.
+            A float in [0, 1], or `"auto"` to tune it on the evaluated predictions as the reference evaluator does.
         threshold_from (`str`, *optional*):
             A `predictions.jsonl` of another split (e.g. a dev split) to tune the threshold on; overrides `threshold`.
         max_rows (`int`, *optional*):
@@ -39,29 +59,41 @@ class EvalConfig:
             Tile rows with more images into one grid (at most 3 columns) for models that take a single image.
         split (`str`, *optional*, defaults to `"test"`):
             The benchmark's JSONL stem.
-        any_source (`bool`, *optional*, defaults to `False`):
-            Accept data sources other than the five of VisualProcessBench.
+        sources (`list[str]`, *optional*):
+            Evaluate only these `data_source` values (exact names); every source when `None`.
         strict (`bool`, *optional*, defaults to `False`):
             Fail on the first unusable row instead of skipping and counting it.
+        head (`str`, *optional*):
+            Evaluate a base VLM as a zero-shot judge with this new head (`"yes_no"`: the LM's Yes/No logits).
+        dtype (`str`, *optional*, defaults to `"auto"`):
+            Weights dtype; `"auto"` keeps the checkpoint's.
+        attn_implementation (`str`, *optional*):
+            `"flash_attention_2"`, `"sdpa"`, `"eager"`, ...; defaults to `flash_attention_2` when it is installed and
+            a GPU is used, else transformers' default.
     """
 
     model: str
     benchmark: str
     output_dir: str
     batch_size: int = 8
+    max_batch_tokens: int | None = 32768
+    num_workers: int | None = None
     threshold: float | str = 0.5
     threshold_from: str | None = None
     max_rows: int | None = None
     max_images: int | None = None
     split: str = "test"
-    any_source: bool = False
+    sources: list[str] | None = None
     strict: bool = False
+    head: str | None = None
+    dtype: str = "auto"
+    attn_implementation: str | None = None
 
 
 def read_predictions(path: str | os.PathLike) -> tuple[list, list, list]:
     """Read a `predictions.jsonl` written by `bis-prm eval` into (scores, references, data_sources)."""
     predictions, references, data_sources = [], [], []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -82,18 +114,23 @@ def _choose_threshold(config: EvalConfig) -> tuple[float | str, str | None]:
     return config.threshold, None
 
 
+def _lines_text(lines: list[int], limit: int = 20) -> str:
+    shown = ", ".join(str(line) for line in lines[:limit])
+    return shown + (f", ... ({len(lines) - limit} more)" if len(lines) > limit else "")
+
+
 def metrics_table(metrics: dict) -> str:
-    """The per-source Markdown table of a metrics dict (percentages, as in the papers)."""
+    """The per-source Markdown table of a metrics dict (percentages, as in the papers), with the skipped rows."""
     lines = [
         f"Threshold: {metrics['threshold']:.4f} ({metrics['threshold_source']}); "
-        f"counted steps: {metrics['total_steps']}",
+        f"counted steps: {metrics['total_steps']}; rows scored: {metrics['rows']} of {metrics['rows_read']}",
         "",
         "| source | steps | macro-F1 | F1 (correct) | F1 (wrong) |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for source, m in metrics["per_source"].items():
         lines.append(
-            f"| {source} | {m['steps']} | {100 * m['macro_f1']:.2f} | {100 * m['f1_positive']:.2f} "
+            f"| {display_source(source)} | {m['steps']} | {100 * m['macro_f1']:.2f} | {100 * m['f1_positive']:.2f} "
             f"| {100 * m['f1_negative']:.2f} |"
         )
     overall = 100 * metrics["micro_over_sources"]
@@ -102,9 +139,26 @@ def metrics_table(metrics: dict) -> str:
         f"| Pooled | {metrics['total_steps']} | {100 * metrics['macro_f1_pooled']:.2f} "
         f"| {100 * metrics['f1_positive']:.2f} | {100 * metrics['f1_negative']:.2f} |"
     )
+    renamed = [f"{display_source(name)} = `{name}`" for name in metrics["per_source"] if display_source(name) != name]
     auroc = "n/a" if metrics["auroc"] is None else f"{metrics['auroc']:.4f}"
-    skipped = ", ".join(f"{reason}: {n['count']}" for reason, n in metrics["skipped"].items()) or "none"
-    lines += ["", f"AUROC: {auroc}. Skipped rows: {skipped}."]
+    lines += ["", f"AUROC: {auroc}."]
+    if renamed:
+        lines.append(f"Source names in metrics.json: {', '.join(renamed)}.")
+    skipped = metrics["skipped"]
+    if skipped:
+        total = sum(entry["count"] for entry in skipped.values())
+        lines += ["", f"**Skipped rows: {total}** (not in the metrics; 1-based lines of the JSONL file):", ""]
+        lines += [
+            f"- {reason}: {entry['count']} (lines {_lines_text(entry['lines'])})" for reason, entry in skipped.items()
+        ]
+    else:
+        lines += ["", "Skipped rows: none."]
+    excluded = metrics.get("excluded_by_sources") or {}
+    if excluded:
+        lines.append(
+            f"Rows left out by the `sources` filter: {sum(excluded.values())} "
+            f"({', '.join(f'{name}: {n}' for name, n in excluded.items())})."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -126,7 +180,7 @@ def plot_metrics(metrics: dict, predictions: list[dict], path: str | os.PathLike
     ]:
         bars.bar(x + offset, [metrics["per_source"][s][key] for s in sources], width=0.25, label=label)
     bars.axhline(metrics["micro_over_sources"], color="black", linestyle="--", label="overall")
-    bars.set_xticks(x, sources, rotation=20)
+    bars.set_xticks(x, [display_source(source) for source in sources], rotation=20)
     bars.set_ylim(0, 1)
     bars.set_title(f"F1 per source (threshold {metrics['threshold']:.3f})")
     bars.legend(fontsize="small")
@@ -144,6 +198,40 @@ def plot_metrics(metrics: dict, predictions: list[dict], path: str | os.PathLike
     plt.close(figure)
 
 
+def _no_usable_rows(benchmark: VisualProcessBench, when: str) -> NoUsableRowsError:
+    counts = benchmark.skip_counts()
+    why = ", ".join(f"{reason}: {n}" for reason, n in counts.items()) or "the file has no row"
+    if benchmark.excluded:
+        why += f"; {sum(benchmark.excluded.values())} left out by the sources filter"
+    return NoUsableRowsError(f"no row of {benchmark.path} could be {when} ({why})")
+
+
+def _load_model(config: EvalConfig, device):
+    from transformers.utils import is_flash_attn_2_available
+
+    from bis_prm.model.modeling_prm import load_prm
+
+    kwargs = {"dtype": config.dtype, "device_map": {"": device}}
+    attn_implementation = config.attn_implementation
+    if attn_implementation is None and device.type == "cuda" and is_flash_attn_2_available():
+        attn_implementation = "flash_attention_2"
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    return load_prm(config.model, head=config.head, **kwargs)
+
+
+def _workers(requested: int | None, num_processes: int) -> int:
+    if requested is not None:
+        return requested
+    return min(4, len(os.sched_getaffinity(0)) // num_processes if hasattr(os, "sched_getaffinity") else 1)
+
+
+def _step_token(model: str) -> str:
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(model), "step_token", "<prm>")
+
+
 def evaluate_prm(config: EvalConfig) -> dict | None:
     """
     Score a benchmark with a PRM and write its predictions, metrics, Markdown table and plots.
@@ -154,16 +242,21 @@ def evaluate_prm(config: EvalConfig) -> dict | None:
     Returns:
         `dict` or `None`: the metrics on the main process (also written to `metrics.json`), `None` on the others.
 
+    Raises:
+        [`NoUsableRowsError`]: when no row of the benchmark can be scored.
+
     Example:
-        >>> metrics = evaluate_prm(EvalConfig(model="prm", benchmark="datasets/VisualProcessBench", output_dir="out"))
-        >>> metrics["micro_over_sources"]
-        0.62
+
+    ```python
+    >>> metrics = evaluate_prm(EvalConfig(model="prm", benchmark="datasets/VisualProcessBench", output_dir="out"))
+    >>> metrics["micro_over_sources"]
+    0.62
+    ```
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from bis_prm.model.inference import score_steps
-    from bis_prm.model.modeling_prm import load_prm
+    from bis_prm.model.inference import StepScorer, deal_batches, plan_batches
 
     state = PartialState()
     # tune first: a bad --threshold-from file fails before the (long) scoring
@@ -171,41 +264,56 @@ def evaluate_prm(config: EvalConfig) -> dict | None:
     benchmark = load_visualprocessbench(
         config.benchmark,
         split=config.split,
-        sources=None if config.any_source else DATA_SOURCES,
+        sources=config.sources,
         strict=config.strict,
         max_rows=config.max_rows,
+        step_token=_step_token(config.model),
     )
+    if not benchmark.rows:
+        raise _no_usable_rows(benchmark, "read")
     if state.is_main_process:
         print(
-            f"{benchmark.path}: {len(benchmark.rows)} rows, {benchmark.num_steps} steps; "
-            f"skipped rows: {benchmark.skip_counts() or 'none'}"
+            f"{benchmark.path}: {len(benchmark.rows)} usable rows of {benchmark.lines_read}, {benchmark.num_steps} "
+            f"steps; skipped: {benchmark.skip_counts() or 'none'}"
+            + (f"; left out by --sources: {benchmark.excluded}" if benchmark.excluded else "")
         )
-    model, processor = load_prm(config.model)
-    model.to(state.device).eval()
 
-    with state.split_between_processes(benchmark.rows) as shard:
-        examples = [{"image": row["image"], "question": row["question"], "steps": row["steps"]} for row in shard]
-        scores = score_steps(
-            model,
-            processor,
-            examples,
-            batch_size=config.batch_size,
-            progress=state.is_main_process,
-            max_images=config.max_images,
-        )
-        scored = [(row["index"], row_scores) for row, row_scores in zip(shard, scores, strict=True)]
-    scored = dict(gather_object(scored)) if state.num_processes > 1 else dict(scored)
+    model, processor = _load_model(config, state.device)
+    scorer = StepScorer(
+        model,
+        processor,
+        max_batch_size=config.batch_size,
+        max_batch_tokens=config.max_batch_tokens,
+        max_images=config.max_images,
+        num_workers=_workers(config.num_workers, state.num_processes),
+    )
+    rows = benchmark.rows
+    lengths = scorer.lengths(rows)
+    batches = plan_batches(lengths, config.batch_size, config.max_batch_tokens)
+    mine = [batches[index] for index in deal_batches(batches, lengths, state.num_processes)[state.process_index]]
+    start = time.perf_counter()
+    results = list(scorer.iter_scores(rows, mine, progress=state.is_main_process))
+    if state.num_processes > 1:
+        results = gather_object(results)
+    seconds = time.perf_counter() - start
     if not state.is_main_process:
         return None
 
+    scored = {row: scores for row, scores, _ in results if scores is not None}
+    for row, _, failure in sorted((r for r in results if r[2] is not None), key=lambda r: r[0]):
+        benchmark.skipped.add(failure[0], rows[row]["line"], failure[1])
+    if not scored:
+        raise _no_usable_rows(benchmark, "scored")
     predictions = [
         {
             "index": row["index"],
+            "line": row["line"],
             "data_source": row["data_source"],
-            "scores": scored[row["index"]],
+            "scores": scored[position],
             "references": row["labels"],
         }
-        for row in benchmark.rows
+        for position, row in enumerate(rows)
+        if position in scored
     ]
     metrics = compute_visualprocessbench(
         [row["scores"] for row in predictions],
@@ -215,7 +323,9 @@ def evaluate_prm(config: EvalConfig) -> dict | None:
     )
     metrics["threshold_source"] = threshold_source or metrics["threshold_source"]
     metrics["rows"] = len(predictions)
-    metrics["skipped"] = {reason: {"count": len(rows), "rows": rows} for reason, rows in benchmark.skipped.items()}
+    metrics["rows_read"] = benchmark.lines_read
+    metrics["skipped"] = benchmark.skipped_summary()
+    metrics["excluded_by_sources"] = dict(benchmark.excluded)
     metrics["benchmark"] = str(benchmark.path)
     metrics["model"] = str(config.model)
 
@@ -228,4 +338,18 @@ def evaluate_prm(config: EvalConfig) -> dict | None:
     (output_dir / "metrics.md").write_text(table, encoding="utf-8")
     plot_metrics(metrics, predictions, output_dir / "plots.png")
     print(table)
+    print(
+        f"Scored {len(predictions)} rows in {seconds:.1f} s ({len(predictions) / seconds:.1f} rows/s) on "
+        f"{state.num_processes} process(es); padding: {100 * scorer.stats.padding_fraction:.1f} % of the computed "
+        "tokens (rank 0)."
+    )
+    skipped = {reason: entry["count"] for reason, entry in metrics["skipped"].items()}
+    if skipped:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in skipped.items())
+        print(
+            f"WARNING: {sum(skipped.values())} of {benchmark.lines_read} rows were skipped and are not in the "
+            f"metrics ({reasons}); their lines are listed in {output_dir / 'metrics.md'} and "
+            f"{output_dir / 'metrics.json'}.",
+            file=sys.stderr,
+        )
     return metrics

@@ -1,20 +1,304 @@
-"""Scoring rollouts with a PRM and aggregating step scores for Best-of-N."""
+"""Scoring the steps of rollouts with a PRM, and aggregating step scores for Best-of-N.
+
+Rollouts are scored in batches formed by total tokens (text + image tokens, image sizes read from the file headers):
+sorted by length so that a batch pads little, capped by a row count and a token budget, and rendered (images
+decoded, processor run) in `DataLoader` workers while the model runs. A rollout that cannot be rendered is reported
+with its reason by [`StepScorer`]; [`score_steps`] raises on it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 
-from bis_prm.model.processing_prm import PRMCollator
+from bis_prm.data.images import ImageProblem, read_image_size
+from bis_prm.model.processing_prm import ExampleError, PRMCollator, render_prompt, tiled_size
 
-__all__ = ["AGGREGATIONS", "aggregate_scores", "aggregate_many", "score_steps"]
+__all__ = [
+    "AGGREGATIONS",
+    "StepScorer",
+    "aggregate_many",
+    "aggregate_scores",
+    "deal_batches",
+    "plan_batches",
+    "rollout_token_counts",
+    "score_steps",
+]
 
 AGGREGATIONS = ("mean", "min", "last", "prod")
 
 
-@torch.no_grad()
+def _image_sizes(example: dict[str, Any]) -> list[tuple[int, int]]:
+    """`(width, height)` of the example's images: given, from PIL images, or read from the file headers."""
+    if example.get("image_sizes") is not None:
+        return [tuple(size) for size in example["image_sizes"]]
+    images = example.get("image")
+    if images is None or (isinstance(images, str) and not images):
+        return []
+    images = images if isinstance(images, (list, tuple)) else [images]
+    return [image.size if isinstance(image, Image.Image) else read_image_size(image) for image in images]
+
+
+def _image_tokens(processor, sizes: list[tuple[int, int]]) -> int:
+    if not sizes:
+        return 0
+    try:
+        # the processors' own count of placeholder tokens per image size (the API vLLM uses), no image decoded
+        counts = processor._get_num_multimodal_tokens(image_sizes=[[height, width] for width, height in sizes])
+        return int(sum(counts.num_image_tokens))
+    except (AttributeError, TypeError, ValueError, KeyError):  # a processor without it: the text alone orders rows
+        return 0
+
+
+def rollout_token_counts(
+    processor, examples: Sequence[dict[str, Any]], step_token: str = "<prm>", max_images: int | None = None
+) -> list[int]:
+    """
+    Tokens each rollout takes as model input: its chat-rendered text plus its image tokens, without decoding any
+    image (sizes come from `example["image_sizes"]`, PIL images or the file headers).
+
+    A rollout that cannot be rendered counts 0 tokens (it fails later, where it is reported).
+
+    Example:
+
+    ```python
+    >>> rollout_token_counts(processor, [{"image": "fig.png", "question": "Q?", "steps": ["a", "b"]}])
+    [1043]
+    ```
+    """
+    texts, image_tokens = [], []
+    for example in examples:
+        try:
+            sizes = _image_sizes(example)
+            if max_images is not None and len(sizes) > max_images:
+                sizes = [tiled_size(sizes)]
+            prompt = render_prompt(example["question"], example["steps"], step_token)
+        except (ExampleError, ImageProblem, KeyError, TypeError):
+            texts.append(None)
+            image_tokens.append(0)
+            continue
+        content = [{"type": "image"} for _ in sizes] + [{"type": "text", "text": prompt}]
+        texts.append(processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False))
+        image_tokens.append(_image_tokens(processor, sizes))
+    tokenizer = getattr(processor, "tokenizer", processor)
+    renderable = [text for text in texts if text is not None]
+    counts = tokenizer(renderable, add_special_tokens=False)["input_ids"] if renderable else []
+    lengths = iter(len(ids) for ids in counts)
+    return [0 if text is None else next(lengths) + extra for text, extra in zip(texts, image_tokens, strict=True)]
+
+
+def plan_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int | None = None) -> list[list[int]]:
+    """
+    Group rows into batches by length: longest first, each batch at most `max_batch_size` rows and, padded to its
+    longest row, at most `max_batch_tokens` tokens (a longer row gets a batch of its own). Ties keep row order.
+
+    Example:
+
+    ```python
+    >>> plan_batches([5, 30, 10, 28, 9], max_batch_size=2)
+    [[1, 3], [2, 4], [0]]
+    >>> plan_batches([5, 30, 10, 28, 9], max_batch_size=8, max_batch_tokens=60)
+    [[1, 3], [2, 4, 0]]
+    ```
+    """
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}.")
+    order = sorted(range(len(lengths)), key=lambda row: (-lengths[row], row))
+    batches: list[list[int]] = []
+    for row in order:
+        if batches:
+            current = batches[-1]
+            width = lengths[current[0]]  # the longest row comes first
+            fits_tokens = max_batch_tokens is None or width * (len(current) + 1) <= max_batch_tokens
+            if len(current) < max_batch_size and fits_tokens:
+                current.append(row)
+                continue
+        batches.append([row])
+    return batches
+
+
+def deal_batches(batches: Sequence[Sequence[int]], lengths: Sequence[int], num_processes: int) -> list[list[int]]:
+    """
+    Deal batches to processes so that every process computes a similar number of (padded) tokens: the costliest
+    batch first, always to the least loaded process. Returns the batch indices of each process, in order.
+
+    The batches themselves do not depend on the number of processes, so the scores do not either.
+
+    Example:
+
+    ```python
+    >>> deal_batches([[0], [1], [2, 3]], lengths=[10, 6, 3, 3], num_processes=2)
+    [[0], [1, 2]]
+    ```
+    """
+    costs = [len(batch) * max(lengths[row] for row in batch) for batch in batches]
+    loads = [0] * num_processes
+    dealt: list[list[int]] = [[] for _ in range(num_processes)]
+    for index in sorted(range(len(batches)), key=lambda b: (-costs[b], b)):
+        process = min(range(num_processes), key=lambda p: (loads[p], p))
+        dealt[process].append(index)
+        loads[process] += costs[index]
+    return [sorted(indices) for indices in dealt]
+
+
+class _RenderedBatches(torch.utils.data.Dataset):
+    """Batch `k` rendered by the collator (images decoded, processor run): run in `DataLoader` workers."""
+
+    def __init__(self, examples: Sequence[dict[str, Any]], batches: Sequence[Sequence[int]], collator: PRMCollator):
+        self.examples, self.batches, self.collator = examples, batches, collator
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        rows = list(self.batches[k])
+        examples = [{key: value for key, value in self.examples[row].items() if key != "labels"} for row in rows]
+        batch, kept, failures = self.collator.collate_skipping(examples)
+        return {
+            "batch": batch,
+            "rows": [rows[position] for position in kept],
+            "failures": [(rows[position], reason, message) for position, reason, message in failures],
+        }
+
+
+def _single_thread_worker(worker_id: int) -> None:
+    # each worker renders one batch at a time; torch's intra-op threads would only compete with the model's
+    torch.set_num_threads(1)
+
+
+def _unbatched(item):
+    return item
+
+
+@dataclass
+class ScoringStats:
+    """What a [`StepScorer`] computed: non-padding and computed (rows x padded width) tokens, batches, and the time
+    the model waited for rendered batches."""
+
+    real_tokens: int = 0
+    computed_tokens: int = 0
+    batches: int = 0
+    seconds_waiting_for_data: float = 0.0
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1.0 - self.real_tokens / self.computed_tokens if self.computed_tokens else 0.0
+
+
+class StepScorer:
+    """
+    Score every step of rollouts with a PRM: P(positive) at each step token, in token-budget batches.
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]):
+            A PRM (its config names the step token), on its device and in eval mode while scoring.
+        processor ([`~transformers.ProcessorMixin`]):
+            The PRM's processor.
+        max_batch_size (`int`, *optional*, defaults to `8`):
+            Most rollouts per forward pass.
+        max_batch_tokens (`int`, *optional*):
+            Most tokens per forward pass, counting padding (rows x the longest row); `None` for no limit.
+        max_images (`int`, *optional*):
+            Tile rollouts with more images into one grid (see [`~bis_prm.PRMCollator`]).
+        padding_side (`str`, *optional*):
+            `"left"` or `"right"`; defaults to the tokenizer's. Both give the same scores.
+        num_workers (`int`, *optional*, defaults to `0`):
+            `DataLoader` workers that decode images and run the processor while the model computes.
+
+    Example:
+
+    ```python
+    >>> scorer = StepScorer(model, processor, max_batch_tokens=16384, num_workers=4)
+    >>> for row, scores, failure in scorer.iter_scores(examples, scorer.plan(examples)):
+    ...     print(row, scores or failure)
+    ```
+    """
+
+    def __init__(
+        self,
+        model,
+        processor,
+        max_batch_size: int = 8,
+        max_batch_tokens: int | None = None,
+        max_images: int | None = None,
+        padding_side: str | None = None,
+        num_workers: int = 0,
+    ):
+        tokenizer = getattr(processor, "tokenizer", processor)
+        self.model, self.processor = model, processor
+        self.collator = PRMCollator(
+            processor,
+            step_token=model.config.step_token,
+            padding_side=padding_side or tokenizer.padding_side,
+            max_images=max_images,
+        )
+        self.max_batch_size, self.max_batch_tokens = max_batch_size, max_batch_tokens
+        self.max_images, self.num_workers = max_images, num_workers
+        self.stats = ScoringStats()
+
+    def lengths(self, examples: Sequence[dict[str, Any]]) -> list[int]:
+        """Total tokens of each rollout (see [`rollout_token_counts`])."""
+        return rollout_token_counts(self.processor, examples, self.collator.step_token, self.max_images)
+
+    def plan(self, examples: Sequence[dict[str, Any]], lengths: Sequence[int] | None = None) -> list[list[int]]:
+        """The batches (lists of row indices) these rollouts are scored in (see [`plan_batches`])."""
+        lengths = self.lengths(examples) if lengths is None else lengths
+        return plan_batches(lengths, self.max_batch_size, self.max_batch_tokens)
+
+    @torch.no_grad()
+    def iter_scores(
+        self, examples: Sequence[dict[str, Any]], batches: Sequence[Sequence[int]], progress: bool = False
+    ) -> Iterator[tuple[int, list[float] | None, tuple[str, str] | None]]:
+        """
+        Yield `(row, step scores, None)` for every scored rollout and `(row, None, (reason, message))` for every
+        rollout that could not be rendered, batch by batch.
+        """
+        loader = torch.utils.data.DataLoader(
+            _RenderedBatches(examples, batches, self.collator),
+            batch_size=None,
+            collate_fn=_unbatched,
+            num_workers=self.num_workers,
+            worker_init_fn=_single_thread_worker if self.num_workers else None,
+        )
+        if progress:
+            from tqdm.auto import tqdm
+
+            loader = tqdm(loader, desc="Scoring steps", unit="batch")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            waited = time.perf_counter()
+            for item in loader:
+                self.stats.seconds_waiting_for_data += time.perf_counter() - waited
+                for row, reason, message in item["failures"]:
+                    yield row, None, (reason, message)
+                if item["batch"] is not None:
+                    for row, scores in zip(item["rows"], self._forward(item["batch"]), strict=True):
+                        yield row, scores, None
+                waited = time.perf_counter()
+        finally:
+            self.model.train(was_training)
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> list[list[float]]:
+        batch.pop("num_steps")
+        model = self.model
+        inputs = {
+            key: value.to(model.device, dtype=model.dtype if value.is_floating_point() else None)
+            for key, value in batch.items()
+        }
+        self.stats.real_tokens += int(inputs["attention_mask"].sum())
+        self.stats.computed_tokens += inputs["input_ids"].numel()
+        self.stats.batches += 1
+        probs = model(**inputs).logits.float().softmax(dim=-1)[..., 0]
+        is_step = inputs["input_ids"] == self.collator.step_token_id
+        return [probs[row][is_step[row]].tolist() for row in range(len(probs))]
+
+
 def score_steps(
     model,
     processor,
@@ -23,9 +307,11 @@ def score_steps(
     padding_side: str | None = None,
     progress: bool = False,
     max_images: int | None = None,
+    max_batch_tokens: int | None = None,
+    num_workers: int = 0,
 ) -> list[list[float]]:
     """
-    Score every step of every rollout: P(positive) at each step token, batched with padding.
+    Score every step of every rollout: P(positive) at each step token.
 
     Args:
         model ([`~transformers.PreTrainedModel`]):
@@ -36,16 +322,23 @@ def score_steps(
             Rollouts with `image` (path, PIL image, list of those, or `None`), `question` and `steps`; labels are
             ignored.
         batch_size (`int`, *optional*, defaults to `8`):
-            Rollouts per forward pass.
+            Most rollouts per forward pass (rollouts of similar length are batched together).
         padding_side (`str`, *optional*):
             `"left"` or `"right"`; defaults to the tokenizer's. Both give the same scores.
         progress (`bool`, *optional*, defaults to `False`):
             Show a tqdm progress bar.
         max_images (`int`, *optional*):
             Tile rollouts with more images into one grid (see [`~bis_prm.PRMCollator`]).
+        max_batch_tokens (`int`, *optional*):
+            Most tokens per forward pass, padding included.
+        num_workers (`int`, *optional*, defaults to `0`):
+            `DataLoader` workers rendering batches.
 
     Returns:
         `list[list[float]]`: one score per step, per rollout, in input order.
+
+    Raises:
+        [`~bis_prm.model.processing_prm.ExampleError`]: naming the first rollout that cannot be rendered.
 
     Example:
 
@@ -55,40 +348,13 @@ def score_steps(
     [[0.93, 0.88]]
     ```
     """
-    tokenizer = getattr(processor, "tokenizer", processor)
-    collator = PRMCollator(
-        processor,
-        step_token=model.config.step_token,
-        padding_side=padding_side or tokenizer.padding_side,
-        max_images=max_images,
-    )
-    unlabelled = [{key: value for key, value in ex.items() if key != collator.label_field} for ex in examples]
-    starts = range(0, len(unlabelled), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="Scoring steps", unit="batch")
-    was_training = model.training
-    model.eval()
-    scores: list[list[float]] = []
-    try:
-        for start in starts:
-            try:
-                batch = collator(unlabelled[start : start + batch_size])
-            except ValueError as error:
-                raise ValueError(f"In the batch of rollouts {start}..{start + batch_size - 1}: {error}") from error
-            num_steps = batch.pop("num_steps")
-            inputs = {
-                key: value.to(model.device, dtype=model.dtype if value.is_floating_point() else None)
-                for key, value in batch.items()
-            }
-            probs = model(**inputs).logits.float().softmax(dim=-1)[..., 0]
-            is_step = inputs["input_ids"] == collator.step_token_id
-            for row in range(len(num_steps)):
-                scores.append(probs[row][is_step[row]].tolist())
-    finally:
-        model.train(was_training)
-    return scores
+    scorer = StepScorer(model, processor, batch_size, max_batch_tokens, max_images, padding_side, num_workers)
+    scores: dict[int, list[float]] = {}
+    for row, row_scores, failure in scorer.iter_scores(examples, scorer.plan(examples), progress):
+        if failure is not None:
+            raise ExampleError(failure[0], f"Rollout {row}: {failure[1]}")
+        scores[row] = row_scores
+    return [scores[row] for row in range(len(examples))]
 
 
 def aggregate_scores(step_scores: Sequence[float], method: str = "mean") -> float:

@@ -10,18 +10,34 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 
-__all__ = ["PRMCollator", "load_image", "render_prompt", "step_token_id", "tile_images"]
+from bis_prm.data.images import MAX_IMAGE_PIXELS, ImageProblem
+
+__all__ = ["ExampleError", "PRMCollator", "load_image", "render_prompt", "step_token_id", "tile_images", "tiled_size"]
 
 # "<image>" / "<image1>" placeholders of the VisualPRM data; the chat template places the images itself.
 _IMAGE_PLACEHOLDER = re.compile(r"<image\d*>\s*")
 # Per-token processor outputs besides the tokenizer's own (Qwen2.5-VL marks image tokens in `mm_token_type_ids`).
 _TOKEN_TYPE_KEYS = ("token_type_ids", "mm_token_type_ids")
+
+
+class ExampleError(ValueError):
+    """
+    A rollout that cannot be turned into model inputs. `reason` names the problem (`no_steps`, `step_token_in_text`,
+    `length_mismatch`, `bad_label`, `missing_labels`, `processing_failed`, or an image reason of
+    [`~bis_prm.data.images.ImageProblem`]) so that runs which skip bad rollouts can count them.
+    """
+
+    def __init__(self, reason: str, message: str, example: int | None = None):
+        super().__init__(message if example is None else f"Example {example}: {message}")
+        self.reason = reason
+        self.detail = message
 
 
 def render_prompt(question: str, steps: Sequence[str], step_token: str = "<prm>") -> str:
@@ -40,7 +56,8 @@ def render_prompt(question: str, steps: Sequence[str], step_token: str = "<prm>"
         `str`: `"Question: {question}\\nProcess: {step_1}<prm>\\n\\n{step_2}<prm>..."`.
 
     Raises:
-        `ValueError`: when there is no step, or the question or a step already contains `step_token`.
+        [`ExampleError`]: when there is no step (`no_steps`), or the question or a step already contains
+        `step_token` (`step_token_in_text`).
 
     Example:
 
@@ -50,21 +67,25 @@ def render_prompt(question: str, steps: Sequence[str], step_token: str = "<prm>"
     ```
     """
     if not steps:
-        raise ValueError("The rollout has no step to score.")
+        raise ExampleError("no_steps", "The rollout has no step to score.")
     question = _IMAGE_PLACEHOLDER.sub("", question).strip()
     for name, text in [("question", question), *((f"step {i}", step) for i, step in enumerate(steps))]:
         if step_token in text:
-            raise ValueError(f"The {name} already contains the step token {step_token!r}: {text[:80]!r}")
+            raise ExampleError(
+                "step_token_in_text", f"The {name} already contains the step token {step_token!r}: {text[:80]!r}"
+            )
     process = "\n\n".join(f"{step.strip()}{step_token}" for step in steps)
     return f"Question: {question}\nProcess: {process}"
 
 
-def load_image(image: str | os.PathLike | Image.Image) -> Image.Image:
+def load_image(image: str | os.PathLike | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """
     Open an image (a path or a PIL image) as RGB.
 
     Raises:
-        `ValueError`: naming the path when the file cannot be opened as an image.
+        [`~bis_prm.data.images.ImageProblem`]: naming the path when the file is missing (`missing_image`), cannot be
+        decoded (`image_unreadable`) or has more than `max_pixels` pixels (`image_too_large`, checked before
+        decoding).
 
     Example:
 
@@ -75,11 +96,24 @@ def load_image(image: str | os.PathLike | Image.Image) -> Image.Image:
     """
     if isinstance(image, Image.Image):
         return image.convert("RGB")
+    if not os.path.isfile(image):
+        raise ImageProblem("missing_image", f"Cannot open image {str(image)!r}: no such file")
     try:
-        with Image.open(image) as opened:
-            return opened.convert("RGB")
-    except (OSError, ValueError) as error:
-        raise ValueError(f"Cannot open image {str(image)!r}: {error}") from error
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(image) as opened:
+                if opened.width * opened.height > max_pixels:
+                    raise ImageProblem(
+                        "image_too_large",
+                        f"Image {str(image)!r} has {opened.width}x{opened.height} pixels, more than {max_pixels}",
+                    )
+                return opened.convert("RGB")
+    except ImageProblem:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageProblem("image_too_large", f"Image {str(image)!r}: {error}") from None
+    except Exception as error:  # PIL raises many types for hostile files (OSError, SyntaxError, struct.error, ...)
+        raise ImageProblem("image_unreadable", f"Cannot open image {str(image)!r}: {error}") from None
 
 
 def tile_images(images: Sequence[Image.Image], max_cols: int = 3) -> Image.Image:
@@ -99,11 +133,10 @@ def tile_images(images: Sequence[Image.Image], max_cols: int = 3) -> Image.Image
     """
     if not images:
         raise ValueError("tile_images needs at least one image.")
+    grid = Image.new("RGB", tiled_size([image.size for image in images], max_cols), "white")
     cell_w = max(image.width for image in images)
     cell_h = max(image.height for image in images)
     cols = min(max_cols, len(images))
-    rows = math.ceil(len(images) / cols)
-    grid = Image.new("RGB", (cols * cell_w, rows * cell_h), "white")
     for i, image in enumerate(images):
         row, col = divmod(i, cols)
         x = col * cell_w + (cell_w - image.width) // 2
@@ -112,16 +145,29 @@ def tile_images(images: Sequence[Image.Image], max_cols: int = 3) -> Image.Image
     return grid
 
 
-def _example_images(example: dict[str, Any], index: int) -> list[Image.Image]:
+def tiled_size(sizes: Sequence[tuple[int, int]], max_cols: int = 3) -> tuple[int, int]:
+    """
+    `(width, height)` of the grid [`tile_images`] makes from images of these `(width, height)` sizes.
+
+    Example:
+
+    ```python
+    >>> tiled_size([(10, 20), (30, 10), (10, 20), (30, 10)])
+    (90, 40)
+    ```
+    """
+    cols = min(max_cols, len(sizes))
+    rows = math.ceil(len(sizes) / cols)
+    return cols * max(width for width, _ in sizes), rows * max(height for _, height in sizes)
+
+
+def _example_images(example: dict[str, Any]) -> list[Image.Image]:
     images = example.get("image")
     if images is None or (isinstance(images, str) and not images):
         return []
     if not isinstance(images, (list, tuple)):
         images = [images]
-    try:
-        return [load_image(image) for image in images]
-    except ValueError as error:
-        raise ValueError(f"Example {index}: {error}") from error
+    return [load_image(image) for image in images]
 
 
 class PRMCollator:
@@ -148,7 +194,8 @@ class PRMCollator:
 
     Returns from `__call__`: a dict with the processor's tensors (`input_ids`, `attention_mask`, `pixel_values`,
     `image_grid_thw`, ...), `labels` (float [batch, seq], -100 off the step tokens) and `num_steps` (long [batch],
-    steps that survived truncation).
+    steps that survived truncation). A rollout that cannot be rendered raises an [`ExampleError`] naming it;
+    [`~PRMCollator.collate_skipping`] leaves such rollouts out instead.
 
     Example:
 
@@ -186,71 +233,137 @@ class PRMCollator:
             raise ValueError("The tokenizer has no pad token; set `tokenizer.pad_token` before collating batches.")
 
     def render(self, example: dict[str, Any], index: int = 0) -> tuple[str, list[Image.Image]]:
-        """Render one example as (chat-formatted text, images)."""
-        images = _example_images(example, index)
-        if self.max_images is not None and len(images) > self.max_images:
-            images = [tile_images(images)]
+        """Render one example as (chat-formatted text, images); raises an [`ExampleError`] naming `index`."""
         try:
+            images = _example_images(example)
+            if self.max_images is not None and len(images) > self.max_images:
+                images = [tile_images(images)]
+            if not isinstance(example.get("question"), str) or not isinstance(example.get("steps"), (list, tuple)):
+                raise ExampleError("wrong_type", "needs a `question` string and a `steps` list")
             prompt = render_prompt(example["question"], example["steps"], self.step_token)
-        except (KeyError, ValueError) as error:
-            raise ValueError(f"Example {index}: {error}") from error
+        except (ExampleError, ImageProblem) as error:
+            raise ExampleError(error.reason, str(error), example=index) from error
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt}]
         messages = [{"role": "user", "content": content}]
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
         return text, images
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        step_labels = self._step_labels(examples)
-        texts, images = [], []
+        labelled = self._has_labels(examples)
+        rendered = [self._render_with_targets(example, index, labelled) for index, example in enumerate(examples)]
+        return self._collate(examples, rendered, labelled, positions=range(len(examples)))
+
+    def collate_skipping(
+        self, examples: list[dict[str, Any]]
+    ) -> tuple[dict[str, torch.Tensor] | None, list[int], list[tuple[int, str, str]]]:
+        """
+        Collate the examples that can be rendered and leave the others out.
+
+        Returns:
+            `tuple`: the batch of the kept examples (`None` when none is left), their positions in `examples`, and
+            `(position, reason, message)` for every example left out.
+
+        Example:
+
+        ```python
+        >>> batch, kept, failures = collator.collate_skipping([good, {"question": "q", "steps": []}])
+        >>> kept, failures[0][:2]
+        ([0], (1, 'no_steps'))
+        ```
+        """
+        labelled = self._has_labels(examples)
+        kept, rendered, failures = [], [], []
         for index, example in enumerate(examples):
-            text, example_images = self.render(example, index)
-            texts.append(text)
-            images.extend(example_images)
+            try:
+                rendered.append(self._render_with_targets(example, index, labelled))
+                kept.append(index)
+            except ExampleError as error:
+                failures.append((index, error.reason, error.detail))
+        if not kept:
+            return None, kept, failures
+        try:
+            return self._collate([examples[i] for i in kept], rendered, labelled, kept), kept, failures
+        except Exception:  # the processor's own errors on hostile input come in many types
+            pass
+        # the processor refused the batch: collate one by one to find the examples it refuses
+        good = []
+        for index, item in zip(kept, rendered, strict=True):
+            try:
+                self._collate([examples[index]], [item], labelled, [index])
+                good.append((index, item))
+            except Exception as error:
+                failures.append(
+                    (index, getattr(error, "reason", "processing_failed"), getattr(error, "detail", str(error)))
+                )
+        failures.sort()
+        if not good:
+            return None, [], failures
+        kept = [index for index, _ in good]
+        batch = self._collate([examples[i] for i in kept], [item for _, item in good], labelled, kept)
+        return batch, kept, failures
+
+    def _has_labels(self, examples: list[dict[str, Any]]) -> bool:
+        return any(example.get(self.label_field) is not None for example in examples)
+
+    def _render_with_targets(
+        self, example: dict[str, Any], index: int, labelled: bool
+    ) -> tuple[str, list[Image.Image], list[float] | None]:
+        text, images = self.render(example, index)
+        return text, images, self._targets(example, index) if labelled else None
+
+    def _targets(self, example: dict[str, Any], index: int) -> list[float]:
+        values = example.get(self.label_field)
+        if values is None:
+            raise ExampleError(
+                "missing_labels", f"no {self.label_field!r} while other examples of the batch have them", example=index
+            )
+        try:
+            targets = [float(label) for label in values]
+        except (TypeError, ValueError):
+            raise ExampleError("bad_label", f"labels must be numbers, got {values!r}", example=index) from None
+        if len(targets) != len(example["steps"]):
+            raise ExampleError(
+                "length_mismatch",
+                f"{len(example['steps'])} steps but {len(targets)} labels in {self.label_field!r}",
+                example=index,
+            )
+        if any(not 0.0 <= target <= 1.0 for target in targets):
+            raise ExampleError("bad_label", f"labels must lie in [0, 1], got {targets}", example=index)
+        return targets
+
+    def _collate(
+        self, examples: list[dict[str, Any]], rendered: list, labelled: bool, positions: Sequence[int]
+    ) -> dict[str, torch.Tensor]:
+        texts = [text for text, _, _ in rendered]
+        images = [image for _, example_images, _ in rendered for image in example_images]
         kwargs = {"images": images} if images else {}
         batch = self.processor(text=texts, padding=True, padding_side=self.padding_side, return_tensors="pt", **kwargs)
         batch = dict(batch)
         truncated = batch["attention_mask"].sum(dim=1) > (self.max_length or batch["input_ids"].shape[1])
         if truncated.any():
-            batch = self._truncate(batch)
+            batch = self._truncate(batch, positions)
 
         is_step = batch["input_ids"] == self.step_token_id
         num_steps = is_step.sum(dim=1)
         for index, example in enumerate(examples):
             found, expected = int(num_steps[index]), len(example["steps"])
             if found > expected or (found < expected and not truncated[index]):
-                raise ValueError(
-                    f"Example {index}: found {found} step tokens {self.step_token!r} for {expected} steps; the chat "
-                    "template added some or the tokenizer merged some with the text (use a special token)."
+                raise ExampleError(
+                    "processing_failed",
+                    f"found {found} step tokens {self.step_token!r} for {expected} steps; the chat template added "
+                    "some or the tokenizer merged some with the text (use a special token)",
+                    example=positions[index],
                 )
         batch["num_steps"] = num_steps
-        if step_labels is not None:
+        if labelled:
             labels = torch.full(is_step.shape, -100.0)
-            for index, targets in enumerate(step_labels):
+            for index, (_, _, targets) in enumerate(rendered):
                 positions = is_step[index].nonzero().squeeze(1)
                 labels[index, positions] = torch.tensor(targets[: len(positions)], dtype=torch.float)
             batch["labels"] = labels
         return batch
 
-    def _step_labels(self, examples: list[dict[str, Any]]) -> list[list[float]] | None:
-        has_labels = [self.label_field in example and example[self.label_field] is not None for example in examples]
-        if not any(has_labels):
-            return None
-        step_labels = []
-        for index, example in enumerate(examples):
-            if not has_labels[index]:
-                raise ValueError(f"Example {index} has no {self.label_field!r} while other examples of the batch do.")
-            targets = [float(label) for label in example[self.label_field]]
-            if len(targets) != len(example.get("steps") or []):
-                raise ValueError(
-                    f"Example {index}: {len(example.get('steps') or [])} steps but {len(targets)} labels in "
-                    f"{self.label_field!r}."
-                )
-            if any(not 0.0 <= target <= 1.0 for target in targets):
-                raise ValueError(f"Example {index}: labels must lie in [0, 1], got {targets}.")
-            step_labels.append(targets)
-        return step_labels
-
-    def _truncate(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _truncate(self, batch: dict[str, torch.Tensor], positions: Sequence[int]) -> dict[str, torch.Tensor]:
         """Keep the first `max_length` real tokens of every row and re-pad; refuse to cut image tokens."""
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"].bool()
         per_token = [key for key in (*self.tokenizer.model_input_names, *_TOKEN_TYPE_KEYS) if key in batch]
@@ -265,9 +378,11 @@ class PRMCollator:
             kept, cut = real[: lengths[row]], real[lengths[row] :]
             image_cut = self.image_token_id is not None and bool((input_ids[row, cut] == self.image_token_id).any())
             if image_cut or not bool((input_ids[row, kept] == self.step_token_id).any()):
-                raise ValueError(
-                    f"Example {row}: max_length={self.max_length} cannot hold the image(s), the question and one "
-                    f"step ({len(real)} tokens in all); raise max_length."
+                raise ExampleError(
+                    "too_long",
+                    f"max_length={self.max_length} cannot hold the image(s), the question and one step "
+                    f"({len(real)} tokens in all); raise max_length",
+                    example=positions[row],
                 )
             target = slice(0, len(kept)) if self.padding_side == "right" else slice(width - len(kept), width)
             for key in per_token:

@@ -17,7 +17,7 @@ from typing import Any
 import datasets
 import transformers
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-from trl import ModelConfig
+from trl import ModelConfig, TrlParser
 
 from bis_prm.model.modeling_prm import prm_lora_config
 from bis_prm.training.prm_config import PRMConfig
@@ -210,6 +210,31 @@ def main(script_args: ScriptArguments, training_args: PRMConfig, model_args: Mod
     return metrics
 
 
+def parse_recipe(
+    argv: list[str] | None = None, prog: str | None = None
+) -> tuple[ScriptArguments, PRMConfig, ModelConfig]:
+    """
+    Parse `--config RECIPE.yaml` and command-line overrides into the three argument groups of [`main`], as
+    `recipes/train.py` and `bis-prm train` do.
+
+    Raises:
+        `FileNotFoundError`: when the recipe file does not exist.
+
+    Example:
+
+    ```python
+    >>> script_args, training_args, model_args = parse_recipe(["--config", "recipe.yaml", "--max_steps", "10"])
+    ```
+    """
+    argv = list(argv) if argv is not None else None
+    if argv is not None and "--config" in argv:
+        recipe = argv[argv.index("--config") + 1] if argv.index("--config") + 1 < len(argv) else ""
+        if not os.path.isfile(recipe):
+            raise FileNotFoundError(f"recipe {recipe!r} not found")
+    parser = TrlParser((ScriptArguments, PRMConfig, ModelConfig), prog=prog)
+    return parser.parse_args_and_config(argv)
+
+
 def get_prm_peft_config(model_args: ModelConfig):
     """
     The LoRA config of a PRM from TRL's `ModelConfig` (`use_peft`, `lora_r`, ...), or `None` without `use_peft`.
@@ -245,4 +270,4 @@ def _setup_logging(training_args: PRMConfig) -> None:
     transformers.utils.logging.set_verbosity(log_level)
 
 
-__all__ = ["ScriptArguments", "get_prm_peft_config", "load_prm_datasets", "main"]
+__all__ = ["ScriptArguments", "get_prm_peft_config", "load_prm_datasets", "main", "parse_recipe"]
