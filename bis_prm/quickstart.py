@@ -114,6 +114,7 @@ def train_and_evaluate(
     from trl import ModelConfig, TrlParser
 
     from bis_prm.evaluation.runner import EvalConfig, evaluate_prm
+    from bis_prm.training.model_card import update_model_card
     from bis_prm.training.prm_config import PRMConfig
     from bis_prm.training.script import ScriptArguments
     from bis_prm.training.script import main as train
@@ -136,6 +137,7 @@ def train_and_evaluate(
             threshold=threshold,
         )
     )
+    update_model_card(output_dir / "prm", visualprocessbench=metrics)
     return state, metrics
 
 
@@ -174,7 +176,7 @@ def run_quickstart(config: QuickstartConfig) -> dict:
         "sample": out / "sample",
         "base_model": out / f"tiny-{config.arch}",
         "subset": out / "subset" / "bis_subset.parquet",
-        "report": out / "subset" / "report.json",
+        "report": out / "subset" / "bis_subset.selection.json",
         "prm": out / "prm",
         "eval": out / "eval",
     }
@@ -186,8 +188,7 @@ def run_quickstart(config: QuickstartConfig) -> dict:
 
     print(f"[2/4] Selecting a subset of {sample.corpus_root} with {selection}")
     subset, report = build_subset(sample.corpus_root, **selection)
-    write_subset(subset, paths["subset"])
-    paths["report"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_subset(subset, paths["subset"], report=report)  # the report lands next to it, for the model card
 
     print(f"[3/4] Training a PRM on {len(subset)} rollouts with {config.recipe}, then [4/4] evaluating it")
     state, metrics = train_and_evaluate(

@@ -19,6 +19,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForImageTextToText, PreTrainedTokenizerFast
 
 __all__ = [
+    "QWEN2_5_VL_7B_SHAPES",
+    "REAL_MAX_PIXELS",
     "TINY_ARCHITECTURES",
     "VISUALPROCESSBENCH_SOURCES",
     "make_corpus",
@@ -278,7 +280,45 @@ def _llava(arch, tokenizer, overrides):
 _BUILDERS = {"qwen2_5_vl": _qwen_vl, "qwen2_vl": _qwen_vl, "internvl": _internvl, "llava": _llava}
 
 
-def make_tiny_vlm(arch: str, path: str | os.PathLike, seed: int = 0, **overrides) -> Path:
+# Qwen2.5-VL-7B-Instruct's shapes (its config.json), for random models of the real size (benchmarks on a GPU)
+QWEN2_5_VL_7B_SHAPES = {
+    "text_config": {
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "vocab_size": 152064,
+        "max_position_embeddings": 128000,
+        "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0},
+    },
+    "vision_config": {
+        "depth": 32,
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "num_heads": 16,
+        "out_hidden_size": 3584,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 112,
+        "fullatt_block_indexes": [7, 15, 23, 31],
+    },
+}
+# Qwen2.5-VL's `max_pixels` in the BIS and VisualPRM recipes: up to 1,280 tokens per image
+REAL_MAX_PIXELS = 1003520
+
+
+def make_tiny_vlm(
+    arch: str,
+    path: str | os.PathLike,
+    seed: int = 0,
+    shapes: dict[str, dict] | None = None,
+    max_pixels: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    **overrides,
+) -> Path:
     """
     Write a tiny random base VLM checkpoint and its processor to `path`, without any network access.
 
@@ -291,6 +331,16 @@ def make_tiny_vlm(arch: str, path: str | os.PathLike, seed: int = 0, **overrides
             Output directory (created if needed).
         seed (`int`, *optional*, defaults to `0`):
             Seed of the random weights; the same seed gives the same checkpoint.
+        shapes (`dict`, *optional*):
+            Overrides of the `text_config` and `vision_config` fields, e.g. `QWEN2_5_VL_7B_SHAPES` for a random
+            model of the real size (with the tiny tokenizer).
+        max_pixels (`int`, *optional*):
+            Qwen2.5-VL only: the image processor's pixel budget per image (the tiny default is 56x56, a few tokens;
+            `REAL_MAX_PIXELS` gives real image-token counts).
+        dtype (`torch.dtype`, *optional*):
+            Weights dtype (fp32 by default).
+        device (`str` or `torch.device`, *optional*):
+            Where the weights are created (a GPU for large shapes).
         **overrides:
             Extra keyword arguments for the top-level model config.
 
@@ -311,8 +361,14 @@ def make_tiny_vlm(arch: str, path: str | os.PathLike, seed: int = 0, **overrides
     path = Path(path)
     tokenizer = tiny_tokenizer(arch)
     config, processor = _BUILDERS[arch](arch, tokenizer, overrides)
+    for part, values in (shapes or {}).items():
+        for key, value in values.items():
+            setattr(getattr(config, part), key, value)
+    if max_pixels is not None:
+        processor.image_processor.size = {**dict(processor.image_processor.size), "longest_edge": max_pixels}
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config)
+    with torch.device(device or "cpu"):
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path)
     processor.save_pretrained(path)

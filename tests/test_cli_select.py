@@ -87,8 +87,12 @@ def test_help_explains_bis(capsys):
 
 
 def test_push_to_hub_gets_the_prm_subset_report_and_command(clean_corpus, tmp_path, monkeypatch):
+    import huggingface_hub
+
     import bis_prm.data.dataset_card
 
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_x")
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self: {"name": "me", "orgs": []})
     calls = []
     monkeypatch.setattr(
         bis_prm.data.dataset_card, "push_subset_to_hub", lambda *args: calls.append(args) or "https://hub/commit"
@@ -97,11 +101,7 @@ def test_push_to_hub_gets_the_prm_subset_report_and_command(clean_corpus, tmp_pa
     assert select("--annotations-dir", clean_corpus, "--output", out, "--push-to-hub", "me/bis10") == 0
     [(prm, repo_id, report, command, embed_images, private)] = calls
     assert repo_id == "me/bis10" and not embed_images and not private
-    assert len(prm) == report["total"]["kept"] == 4 * 9 and prm.column_names[:4] == [
-        "image",
-        "question",
-        "steps",
-        "labels",
-    ]
+    assert len(prm) == report["total"]["kept"] == 4 * 9
+    assert prm.column_names[:5] == ["image", "image_root", "question", "steps", "labels"]
     assert command.startswith(f"bis-prm select --annotations-dir {clean_corpus} --method bis --ratio 0.1 --alpha 0.2")
     assert command.endswith("--push-to-hub me/bis10")

@@ -1,4 +1,5 @@
 import json
+import os
 
 import datasets
 import pyarrow as pa
@@ -39,11 +40,13 @@ def test_internvl_records_are_the_reference_bytes(scored):
 def test_prm_format(scored, tmp_path):
     prm = to_prm_format(scored, image_root=tmp_path)
     assert prm.column_names == list(PRM_COLUMNS)
-    assert prm["image"] == [[f"{tmp_path}/ai2d/1.png"], [f"{tmp_path}/mmmu/1.png", f"{tmp_path}/mmmu/2.png"]]
+    # paths stay as the corpus wrote them, next to the root they are relative to
+    assert prm["image"] == [["ai2d/1.png"], ["mmmu/1.png", "mmmu/2.png"]]
+    assert prm["image_root"] == [str(tmp_path.resolve())] * 2
     assert prm["question"] == ["<image>\nWhat is shown?", "Which “angle” is 90°?"]
     assert prm["steps"] == [["Step 1: look.", "Step 2: 中文"], ["only step"]]
     assert prm["labels"] == [[1.0, 0.0], [1.0]] and prm["mc_scores"] == [[0.5, 0.0], [1.0]]
-    assert to_prm_format(scored)["image"] == scored["image"]
+    assert to_prm_format(scored)["image_root"] == [None, None]
 
 
 @pytest.mark.parametrize("name", ["subset.jsonl", "subset.parquet", "subset_dir"])
@@ -56,7 +59,11 @@ def test_hf_writers_round_trip(scored, tmp_path, name):
         loaded = datasets.Dataset.from_parquet(str(path))
     else:
         loaded = datasets.load_from_disk(str(path))
-    assert loaded.to_dict() == to_prm_format(scored, image_root="/data").to_dict()
+    expected = to_prm_format(scored, image_root="/data").to_dict()
+    # the root is recorded relative to the subset's location, so that both can move together
+    base = path if name == "subset_dir" else path.parent
+    expected["image_root"] = [os.path.relpath("/data", base)] * 2
+    assert loaded.to_dict() == expected and expected["image_root"][0].startswith("../")
 
 
 def test_internvl_writer_and_bad_format(scored, tmp_path):
@@ -65,6 +72,8 @@ def test_internvl_writer_and_bad_format(scored, tmp_path):
     assert [row["conversations"][1]["value"] for row in rows] == [[1.0, 0.0], [1.0]]
     with pytest.raises(ValueError, match="unknown output format"):
         write_subset(scored, tmp_path / "out.jsonl", format="csv")
+    with pytest.raises(ValueError, match=r"the hf format is written to a \.jsonl or \.parquet file or a directory"):
+        write_subset(scored, tmp_path / "out.csv")
 
 
 def test_internvl_lines_escape_like_json_dumps():

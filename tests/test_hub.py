@@ -89,9 +89,12 @@ def test_embedding_casts_images(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(datasets.Dataset, "push_to_hub", lambda self, repo_id, **kw: seen.update(ds=self, **kw))
     monkeypatch.setattr(HfApi, "upload_file", lambda self, **kw: "url")
-    prm = datasets.Dataset.from_dict({"image": [[str(tmp_path / "a.png")]], "labels": [[1.0]]})
+    prm = datasets.Dataset.from_dict({"image": [["a.png"]], "image_root": [str(tmp_path)], "labels": [[1.0]]})
     push_subset_to_hub(prm, "me/x", REPORT, embed_images=True)
     assert isinstance(seen["ds"].features["image"].feature, datasets.Image) and seen["embed_external_files"]
-    assert seen["ds"][0]["image"][0].size == (4, 4)
+    assert seen["ds"][0]["image"][0].size == (4, 4) and "image_root" not in seen["ds"].column_names
+    # without embedding, the local root means nothing on the Hub
+    push_subset_to_hub(prm, "me/x", REPORT)
+    assert seen["ds"]["image"] == [["a.png"]] and seen["ds"]["image_root"] == [None]
     with pytest.raises(KeyError):
         push_subset_to_hub(prm, "me/x", {"params": {}})

@@ -74,3 +74,41 @@ def test_aggregate_many_matches_one_by_one(method):
     assert [aggregate_scores(s, method) for s in many] == pytest.approx(expected)
     with pytest.raises(ValueError, match="Rollout 1 has no step scores"):
         aggregate_many([[0.5], []], method)
+
+
+def test_token_counts_are_the_lengths_the_model_sees(prm):
+    from bis_prm.model.inference import rollout_token_counts
+    from bis_prm.model.processing_prm import PRMCollator
+
+    model, processor = prm
+    examples = rollouts()
+    counts = rollout_token_counts(processor, examples)
+    collator = PRMCollator(processor)
+    assert counts == [int(collator([example])["attention_mask"].sum()) for example in examples]
+    broken = {"question": "q", "steps": []}
+    assert rollout_token_counts(processor, [broken, examples[2]]) == [0, counts[2]]  # reported later, not here
+
+
+def test_batches_are_planned_by_length_and_dealt_by_tokens():
+    from bis_prm.model.inference import deal_batches, plan_batches
+
+    lengths = [5, 30, 10, 28, 9, 30]
+    assert plan_batches(lengths, max_batch_size=2) == [[1, 5], [3, 2], [4, 0]]
+    # 60 tokens at most, counting padding to the longest row of the batch
+    assert plan_batches(lengths, max_batch_size=8, max_batch_tokens=60) == [[1, 5], [3, 2], [4, 0]]
+    assert plan_batches(lengths, max_batch_size=8, max_batch_tokens=30) == [[1], [5], [3], [2, 4, 0]]
+    assert plan_batches([100, 1], max_batch_size=8, max_batch_tokens=10) == [[0], [1]]  # too long: alone
+    with pytest.raises(ValueError, match="max_batch_size must be at least 1"):
+        plan_batches(lengths, max_batch_size=0)
+    batches = [[1], [5], [3], [2, 4, 0]]  # costs 30, 30, 28, 30
+    dealt = deal_batches(batches, lengths, num_processes=2)
+    assert sorted(sum(dealt, [])) == [0, 1, 2, 3] and dealt == [[0, 3], [1, 2]]
+    assert deal_batches(batches, lengths, num_processes=5)[4] == []
+
+
+def test_loader_workers_give_the_same_scores(prm):
+    model, processor = prm
+    examples = rollouts() * 3
+    without = score_steps(model, processor, examples, batch_size=2)
+    with_workers = score_steps(model, processor, examples, batch_size=2, num_workers=2)
+    assert with_workers == without

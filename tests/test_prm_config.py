@@ -18,7 +18,7 @@ def test_defaults_follow_the_paper(tmp_path):
     assert args.num_train_epochs == 1
     assert args.gradient_checkpointing is True
     assert args.remove_unused_columns is False
-    assert (args.head, args.step_token, args.label_mode, args.tau) == ("yes_no", "<prm>", "hard", 0.0)
+    assert (args.head, args.step_token, args.label_mode) == ("yes_no", "<prm>", "hard")
     assert args.freeze_vision_tower is True
     assert args.max_length == 4096
     # The defaults really differ from TrainingArguments', i.e. they are ours
@@ -41,7 +41,6 @@ def test_bf16_defaults_to_the_hardware(tmp_path):
     [
         ({"head": "mlp"}, "`head` must be 'yes_no' or 'linear'"),
         ({"label_mode": "fuzzy"}, "`label_mode` must be 'hard' or 'soft'"),
-        ({"tau": 1.0}, "`tau` must be in [0, 1)"),
         ({"max_length": 0}, "`max_length` must be positive"),
     ],
 )

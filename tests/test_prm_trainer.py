@@ -1,4 +1,5 @@
 import inspect
+import os
 import re
 
 import numpy as np
@@ -11,16 +12,10 @@ from transformers.trainer_utils import EvalPrediction
 
 from bis_prm.model.inference import score_steps
 from bis_prm.model.modeling_prm import load_prm
+from bis_prm.model.vision_tower import freeze_vision_tower
+from bis_prm.training.dataset import PRMDatasetError, prepare_prm_dataset
 from bis_prm.training.prm_config import PRMConfig
-from bis_prm.training.prm_trainer import (
-    PRMDatasetError,
-    PRMTrainer,
-    compute_step_metrics,
-    freeze_vision_tower,
-    make_targets,
-    positive_probabilities,
-    validate_prm_dataset,
-)
+from bis_prm.training.prm_trainer import PRMTrainer, compute_step_metrics, positive_probabilities
 from tests.utils import prm_dataset, state_dict_cpu, tiny_base, tiny_config, write_images
 
 
@@ -62,14 +57,6 @@ def test_trl_base_guard():
 # ---- pure pieces ----
 
 
-def test_make_targets_hard_soft_and_labels_only():
-    steps = [["a", "b", "c"]]
-    assert make_targets(steps, None, [[0.25, 0.0, 0.5]], "hard", tau=0.0) == {"labels": [[1.0, 0.0, 1.0]]}
-    assert make_targets(steps, None, [[0.25, 0.0, 0.5]], "hard", tau=0.3) == {"labels": [[0.0, 0.0, 1.0]]}
-    assert make_targets(steps, None, [[0.25, 0.0, 0.5]], "soft", tau=0.0) == {"labels": [[0.25, 0.0, 0.5]]}
-    assert make_targets(steps, [[1, 0, 1]], None, "hard", tau=0.0) == {"labels": [[1.0, 0.0, 1.0]]}
-
-
 def test_positive_probabilities_keeps_only_labelled_positions():
     logits = torch.zeros(2, 4, 2)
     logits[0, 1] = torch.tensor([2.0, 0.0])
@@ -95,67 +82,76 @@ def test_compute_step_metrics_against_hand_counts():
     assert metrics == pytest.approx({"step_accuracy": 0.75, "f1_positive": 6 / 7, "f1_negative": 0.0})
 
 
-# ---- validation pass ----
+# ---- the row checks before training ----
 
 
-def _expect_problems(dataset, args, *fragments):
-    with pytest.raises(PRMDatasetError) as error:
-        validate_prm_dataset(dataset, args)
-    for fragment in fragments:
-        assert fragment in str(error.value), str(error.value)
-    return str(error.value)
-
-
-def test_validation_missing_column(assets, tmp_path):
+def test_missing_columns_are_an_error_naming_them(assets, tmp_path):
     dataset = prm_dataset(assets["images"]).remove_columns(["steps"])
-    _expect_problems(dataset, PRMConfig(str(tmp_path)), "missing the required column(s) ['steps']")
-    # labels are only required when there are no MC scores to derive them from
-    no_targets = prm_dataset(assets["images"]).remove_columns(["labels", "mc_scores"])
-    _expect_problems(no_targets, PRMConfig(str(tmp_path)), "['labels']")
+    with pytest.raises(PRMDatasetError, match=re.escape("missing the required column(s) ['steps']")):
+        prepare_prm_dataset(dataset, PRMConfig(str(tmp_path)))
+    # hard labels come from the labels column, whatever MC scores the dataset has
+    no_labels = prm_dataset(assets["images"]).remove_columns(["labels"])
+    with pytest.raises(PRMDatasetError, match=re.escape("['labels']")):
+        prepare_prm_dataset(no_labels, PRMConfig(str(tmp_path)))
     soft = PRMConfig(str(tmp_path), label_mode="soft")
-    _expect_problems(prm_dataset(assets["images"], with_mc=False), soft, "['mc_scores']")
+    with pytest.raises(PRMDatasetError, match=re.escape("['mc_scores']")):
+        prepare_prm_dataset(prm_dataset(assets["images"], with_mc=False), soft)
 
 
-def test_validation_collects_every_row_problem_in_one_error(assets, tmp_path):
-    dataset = prm_dataset(assets["images"]).to_list()
-    dataset[1]["labels"] = dataset[1]["labels"][:-1]
-    dataset[3]["mc_scores"][0] = 1.5
-    dataset[5]["image"] = [str(tmp_path / "nowhere.png")]
-    dataset[6]["steps"], dataset[6]["labels"], dataset[6]["mc_scores"] = [], [], []
+def test_bad_rows_are_dropped_and_reported_by_row(assets, tmp_path):
     from datasets import Dataset
 
-    message = _expect_problems(
-        Dataset.from_list(dataset),
-        PRMConfig(str(tmp_path)),
-        "(4 problems)",
-        "row 1: column 'labels' has 3 values but 'steps' has 4",
-        "row 3: column 'mc_scores' has values outside [0, 1]: [1.5]",
-        f"row 5: column 'image' names a missing image file: {tmp_path / 'nowhere.png'}",
-        "row 6: column 'steps' is empty",
-    )
-    assert message.count("\n  - ") == 4
-
-
-def test_validation_stops_after_max_errors_and_resolves_image_root(assets, tmp_path):
     rows = prm_dataset(assets["images"]).to_list()
-    for row in rows:
-        row["labels"] = [2.0] * len(row["steps"])
+    (tmp_path / "corrupt.png").write_bytes(b"not an image")
+    rows[1]["labels"] = rows[1]["labels"][:-1]
+    rows[3]["labels"][0] = 1.5
+    rows[5]["image"] = [str(tmp_path / "nowhere.png")]
+    rows[6]["steps"], rows[6]["labels"], rows[6]["mc_scores"] = [], [], []
+    rows[7]["image"] = [str(tmp_path / "corrupt.png")]
+    rows[2]["steps"][0] = "a <prm> b"
+    train, check = prepare_prm_dataset(Dataset.from_list(rows), PRMConfig(str(tmp_path)))
+    assert check.rows == 8 and check.counts() == {
+        "length_mismatch": 1,
+        "bad_label": 1,
+        "missing_image": 1,
+        "no_steps": 1,
+        "image_unreadable": 1,
+        "step_token_in_text": 1,
+    }
+    assert {row for rows in check.dropped.values() for row, _ in rows} == {1, 2, 3, 5, 6, 7}
+    assert train["row_index"] == [0, 4] and train["labels"] == [rows[0]["labels"], rows[4]["labels"]]
+    report = check.describe()
+    assert "6 of 8 rows of the train dataset dropped" in report
+    assert f"row 5: missing_image: image '{tmp_path / 'nowhere.png'}' not found" in report
+    # with nothing left to train on, it is an error
+    with pytest.raises(PRMDatasetError, match="No row of the train dataset can be trained on"):
+        prepare_prm_dataset(Dataset.from_list([rows[i] for i in (1, 3, 5)]), PRMConfig(str(tmp_path)))
+
+
+def test_targets_are_the_labels_or_the_mc_scores_and_images_resolve_inside_their_root(assets, tmp_path):
     from datasets import Dataset
 
-    message = _expect_problems(
-        Dataset.from_list(rows), PRMConfig(str(tmp_path), max_validation_errors=3), "at least 3 problems"
-    )
-    assert "row 3" not in message
-    # relative paths are checked against image_root
-    relative = prm_dataset([p.rsplit("/", 1)[-1] for p in assets["images"]])
-    root = assets["images"][0].rsplit("/", 1)[0]
-    validate_prm_dataset(relative, PRMConfig(str(tmp_path), image_root=root))
-    _expect_problems(relative, PRMConfig(str(tmp_path)), "names a missing image file: img_0.png")
+    root = os.path.dirname(assets["images"][0])
+    rows = prm_dataset([os.path.basename(p) for p in assets["images"]], num_rows=4).to_list()
+    for row in rows:
+        row["image_root"] = root
+        row["mc_scores"] = [0.25 + 0.5 * label for label in row["labels"]]  # differs from the labels
+    rows[2]["image"] = ["../" + os.path.basename(root) + "/../escape.png"]
+    hard, check = prepare_prm_dataset(Dataset.from_list(rows), PRMConfig(str(tmp_path)))
+    assert check.counts() == {"image_outside_root": 1}
+    assert hard["labels"] == [row["labels"] for i, row in enumerate(rows) if i != 2]
+    assert hard["image"][0] == [os.path.join(root, os.path.basename(assets["images"][0]))]
+    soft, _ = prepare_prm_dataset(Dataset.from_list(rows), PRMConfig(str(tmp_path), label_mode="soft"))
+    assert soft["labels"] == [row["mc_scores"] for i, row in enumerate(rows) if i != 2]
+    # PRMConfig.image_root takes over from the column
+    moved = [{**row, "image_root": "/nowhere"} for row in rows[:2]]
+    overridden, check = prepare_prm_dataset(Dataset.from_list(moved), PRMConfig(str(tmp_path), image_root=root))
+    assert check.num_dropped() == 0 and len(overridden) == 2
 
 
-def test_trainer_validates_before_loading_the_model(assets, tmp_path):
+def test_trainer_checks_columns_before_loading_the_model(assets, tmp_path):
     bad = prm_dataset(assets["images"]).remove_columns(["question"])
-    # "not/a/model" would fail to load: the validation error must come first
+    # "not/a/model" would fail to load: the dataset error must come first
     with pytest.raises(PRMDatasetError, match=re.escape("missing the required column(s) ['question']")):
         PRMTrainer("not/a/model", args=tiny_config(tmp_path), train_dataset=bad)
     with pytest.raises(PRMDatasetError, match="The eval dataset"):
@@ -163,8 +159,50 @@ def test_trainer_validates_before_loading_the_model(assets, tmp_path):
             "not/a/model",
             args=tiny_config(tmp_path),
             train_dataset=prm_dataset(assets["images"]),
-            eval_dataset=prm_dataset(assets["images"], with_mc=False).remove_columns(["labels"]),
+            eval_dataset=prm_dataset(assets["images"]).remove_columns(["labels"]),
         )
+
+
+def test_a_rollout_failing_at_collate_time_is_skipped_and_counted(assets, tmp_path):
+    from datasets import Dataset
+
+    rows = prm_dataset(assets["images"], num_rows=8).to_list()
+    # a PNG whose header reads fine but whose pixels are cut: only decoding finds it
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(open(assets["images"][0], "rb").read()[:200])
+    rows[5]["image"] = [str(truncated)]
+    args = tiny_config(
+        tmp_path / "out", max_steps=4, per_device_train_batch_size=2, train_sampling_strategy="sequential"
+    )
+    trainer = PRMTrainer(assets["model"], args=args, train_dataset=Dataset.from_list(rows))
+    assert trainer.dataset_checks["train"].num_dropped() == 0
+    trainer.train()
+    assert trainer.state.global_step == 4
+    assert [(row, reason) for row, reason, _ in trainer.skipped_rollouts["train"]] == [(5, "image_unreadable")]
+    assert max(entry.get("rollouts_skipped", 0) for entry in trainer.state.log_history) == 1
+    trainer.save_model()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "train batches: 1 rollouts skipped while collating" in card
+
+    # the same problem in the very first batch stops the run: a broken dataset is not trained on silently
+    rows[0]["image"] = [str(truncated)]
+    trainer = PRMTrainer(assets["model"], args=args, train_dataset=Dataset.from_list(rows))
+    with pytest.raises(
+        PRMDatasetError, match=r"first training batch could not be rendered:\n  - row 0: image_unreadable"
+    ):
+        trainer.train()
+
+
+def test_a_batch_of_only_bad_rollouts_runs_with_no_weight(assets, tmp_path):
+    from bis_prm.model.processing_prm import PRMCollator
+    from bis_prm.training.prm_trainer import SkippingCollator
+
+    _, processor = load_prm(assets["model"])
+    good, bad = prm_dataset(assets["images"], num_rows=2).to_list()
+    bad = {**bad, "image": [str(tmp_path / "missing.png")], "row_index": 9}
+    batch = SkippingCollator(PRMCollator(processor), fallback=good)([bad])
+    assert batch["skipped"] == [(9, "missing_image", f"Cannot open image '{tmp_path / 'missing.png'}': no such file")]
+    assert (batch["labels"] == -100).all() and batch["input_ids"].shape[0] == 1
 
 
 # ---- model preparation ----
@@ -203,10 +241,12 @@ def test_train_loss_decreases_saves_and_scores(assets, tmp_path):
     assert {"eval_loss", "eval_step_accuracy", "eval_f1_positive", "eval_f1_negative"} <= set(metrics)
 
     trainer.save_model(args.output_dir)
-    selection = {"method": "bis", "ratio": 0.1, "alpha": 0.2}
+    assert "No VisualProcessBench" not in (tmp_path / "out" / "README.md").read_text()  # saving writes the card
+    selection = {"params": {"corpus": "corpus", "method": "bis", "ratio": 0.1, "alpha": 0.2}}
+    selection["total"] = {"kept": 4, "read": 40, "valid": 38}
     trainer.create_model_card(dataset_name="local", selection=selection, eval_results=metrics)
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "ratio `0.1`, alpha\n  `0.2`" in card
+    assert "ratio `0.1`, alpha\n  `0.2`" in card and "Kept 4 of 40 rollouts (38 valid)." in card
     assert f"| eval_f1_positive | {metrics['eval_f1_positive']:.4f} |" in card and "eval_runtime" not in card
     assert "Not evaluated on VisualProcessBench yet" in card
     vpb = {
@@ -278,13 +318,15 @@ def test_resume_gives_the_same_final_weights(assets, tmp_path):
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_group_by_length_adds_token_lengths(assets, tmp_path):
+def test_group_by_length_adds_total_token_lengths(assets, tmp_path):
+    from bis_prm.model.processing_prm import PRMCollator
+
     train = prm_dataset(assets["images"], num_rows=8)
     args = tiny_config(tmp_path, train_sampling_strategy="group_by_length", max_steps=1)
     trainer = PRMTrainer(assets["model"], args=args, train_dataset=train)
-    tokenizer = trainer.processing_class.tokenizer
-    texts = [row["question"] + "".join(row["steps"]) for row in train]
-    expected = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    # the lengths are the tokens the model will see, image tokens included
+    collator = PRMCollator(trainer.processing_class)
+    expected = [int(collator([row])["attention_mask"].sum()) for row in train.to_list()]
     assert trainer.train_dataset["length"] == expected
     assert len(set(expected)) > 1
     trainer.train()

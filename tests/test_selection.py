@@ -108,5 +108,5 @@ def test_build_subset_returns_prm_rows_and_report(tmp_path):
     make_corpus(tmp_path, num_sources=2, rollouts_per_source=30)
     prm, report = build_subset(tmp_path, ratio=0.1, alpha=0.2, progress=False)
     assert len(prm) == report["total"]["kept"] == 6
-    assert prm[0]["image"][0].startswith(str(tmp_path.resolve()) + "/VisualPRM400K-v1.1-Raw/")
+    assert prm[0]["image"][0].startswith("VisualPRM400K-v1.1-Raw/") and prm[0]["image_root"] == str(tmp_path)
     assert report["params"]["method"] == "bis" and report["sources"]["source_00"]["read"] == 30

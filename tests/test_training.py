@@ -11,8 +11,9 @@ from trl import ModelConfig, TrlParser
 from bis_prm.data.selection import build_subset
 from bis_prm.model.inference import score_steps
 from bis_prm.model.modeling_prm import load_prm
+from bis_prm.training.dataset import prepare_prm_dataset
 from bis_prm.training.prm_config import PRMConfig
-from bis_prm.training.script import ScriptArguments, load_prm_datasets, main
+from bis_prm.training.script import ScriptArguments, load_prm_datasets, main, parse_recipe
 from tests.utils import REPO_ROOT, prm_dataset, tiny_base, write_images, write_raw_corpus
 
 
@@ -91,8 +92,16 @@ def test_main_trains_saves_and_writes_the_model_card(assets, tmp_path):
     assert [len(s) for s in scores] == [1, 4]
 
 
-def _launch(args: list[str], cwd: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+def _launch(
+    args: list[str], cwd: Path, timeout: int = 1200, extra_env: dict | None = None
+) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        **(extra_env or {}),
+    }
     command = [sys.executable, "-m", "accelerate.commands.launch", *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -219,3 +228,82 @@ def test_peft_config_is_token_classification_on_the_language_model():
     assert "language_model" in config.target_modules and "score" in config.modules_to_save
     custom = get_prm_peft_config(ModelConfig(use_peft=True, lora_target_modules=["q_proj"]))
     assert custom.target_modules in ("q_proj", {"q_proj"})  # ModelConfig unwraps a one-item list
+
+
+def test_a_subset_moves_with_its_corpus(assets, tmp_path):
+    """A subset written by `bis-prm select` records its image root relative to itself: copy both elsewhere and
+    training finds the images there."""
+    import shutil
+
+    from bis_prm.cli import main as cli
+
+    corpus = write_raw_corpus(tmp_path / "machine_a" / "corpus")
+    subset = tmp_path / "machine_a" / "subsets" / "bis.parquet"
+    assert cli(["select", "--annotations-dir", str(corpus), "--ratio", "0.5", "--output", str(subset)]) == 0
+    shutil.copytree(tmp_path / "machine_a", tmp_path / "machine_b")
+    shutil.rmtree(tmp_path / "machine_a")
+    train, _, report = load_prm_datasets(ScriptArguments(str(tmp_path / "machine_b" / "subsets" / "bis.parquet")))
+    assert set(train["image_root"]) == {str(tmp_path / "machine_b" / "subsets" / ".." / "corpus")}
+    assert report["params"]["ratio"] == 0.5 and report["total"]["kept"] == len(train) == 6
+    prepared, check = prepare_prm_dataset(train, PRMConfig(str(tmp_path / "out")))
+    assert check.num_dropped() == 0
+    assert all(os.path.isfile(path) and "machine_b" in path for paths in prepared["image"] for path in paths)
+
+
+def test_a_subset_edited_in_place_is_read_anew(assets, tmp_path):
+    """The `datasets` cache of a local subset is keyed on its content, not on its path and modification time."""
+    path = tmp_path / "subset.jsonl"
+    prm_dataset(assets["images"], num_rows=4).to_json(path)
+    stat = path.stat()
+    first, _, _ = load_prm_datasets(ScriptArguments(str(path)))
+    edited = prm_dataset(assets["images"], num_rows=4).map(lambda row: {"question": row["question"] + " (edited)"})
+    edited.to_json(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same modification time as before
+    second, _, _ = load_prm_datasets(ScriptArguments(str(path)))
+    assert all(q.endswith("(edited)") for q in second["question"]) and not any(
+        "edited" in q for q in first["question"]
+    )
+
+
+def test_training_on_a_subset_with_a_corrupt_image_finishes_and_reports_it(assets, tmp_path, caplog):
+    rows = prm_dataset(assets["images"], num_rows=8).to_list()
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    rows[3]["image"] = [str(tmp_path / "corrupt.png")]
+    from datasets import Dataset
+
+    Dataset.from_list(rows).to_parquet(tmp_path / "subset.parquet")
+    config = tmp_path / "recipe.yaml"
+    config.write_text(
+        f"model_name_or_path: {assets['model']}\ndataset_name: {tmp_path / 'subset.parquet'}\n"
+        f"output_dir: {tmp_path / 'out'}\nhead: linear\nbf16: false\ngradient_checkpointing: false\n"
+        "max_steps: 2\nper_device_train_batch_size: 2\nlogging_steps: 1\nsave_strategy: 'no'\n"
+        "disable_tqdm: true\nmax_length: 512\nreport_to: none\n"
+    )
+    with caplog.at_level("WARNING"):
+        main(*parse_recipe(["--config", str(config)]))
+    assert "1 of 8 rows of the train dataset dropped (image_unreadable: 1)" in caplog.text
+    assert f"row 3: image_unreadable: image '{tmp_path / 'corrupt.png'}' cannot be read" in caplog.text
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "Rows left out of training: train: image_unreadable: 1 (dropped before training)." in card
+
+
+@pytest.mark.slow
+def test_two_processes_on_a_zipped_corpus_with_an_empty_cache(assets, tmp_path):
+    """DDP on 2 CPU processes, selecting on the fly from a zipped corpus that no process has extracted yet."""
+    import zipfile
+
+    workdir = _tiny_recipe_workdir(tmp_path, assets["model"])
+    sample = workdir / "data" / "sample" / "corpus"
+    with zipfile.ZipFile(workdir / "data" / "corpus.zip", "w") as zf:
+        for path in sorted(sample.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(sample))
+    env_cache = tmp_path / "hf_cache"
+    args = ["--config_file", "recipes/accelerate_configs/ddp.yaml", "--num_processes", "2", "recipes/train.py"]
+    args += ["--config", "recipes/tiny/config_sample.yaml", "--dataset_name", "data/corpus.zip", "--max_steps", "4"]
+    args += ["--output_dir", "data/zipped"]
+    result = _launch(args, cwd=workdir, extra_env={"HF_DATASETS_CACHE": str(env_cache)})
+    assert result.returncode == 0, result.stderr[-5000:]
+    extracted = [p for p in (env_cache / "bis_prm" / "visualprm400k").iterdir() if p.is_dir()]
+    assert len(extracted) == 1 and (extracted[0] / ".extracted").is_file()
+    assert json.loads((workdir / "data" / "zipped" / "trainer_state.json").read_text())["global_step"] == 4

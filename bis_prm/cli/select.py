@@ -8,10 +8,17 @@ import os
 import shlex
 import sys
 
-from ..data.formats import FORMATS, to_prm_format, write_subset
-from ..data.scoring import score_rollouts
-from ..data.selection import METHODS, select_subset, subset_report
-from ..data.visualprm400k import INVALID_REASONS, annotations_to_dataset, resolve_visualprm400k
+from bis_prm.cli import (
+    CommandError,
+    check_hub_write_access,
+    hub_repo_id,
+    positive_int,
+    probability,
+    writable_file,
+)
+from bis_prm.data.formats import FORMATS, check_output_path, write_subset
+from bis_prm.data.selection import METHODS, run_selection
+from bis_prm.data.visualprm400k import INVALID_REASONS
 
 _DESCRIPTION = """\
 Score every rollout of a VisualPRM400K-style corpus (<root>/annotations/<source>.jsonl) with the Balanced-Information
@@ -22,8 +29,10 @@ max(1, int(m * ratio)) of its m valid rollouts (ties in file order) and write th
 Baselines with the same per-source budget: random (seeded), mixed (rollouts with both labels first), reliable
 (highest R first), low_mc (lowest mean MC score first), full (every valid rollout).
 
-Invalid rollouts are never ranked; they are counted by reason (broken_json, missing_image, no_steps, blank_step,
-missing_score, score_out_of_range) in the printed table and in --report.
+Invalid rollouts are never ranked; they are counted by reason (broken_json, invalid_utf8, invalid_text, missing_image,
+image_outside_root, no_steps, blank_step, missing_score, score_out_of_range) in the printed table, listed with their
+file and line in --report (and --dropped). Image paths must stay inside the corpus root: nothing outside it is read,
+embedded or uploaded.
 
 Examples:
   bis-prm select --annotations-dir VisualPRM400K-v1.1-Raw/annotations --ratio 0.1 --alpha 0.2 \\
@@ -32,23 +41,53 @@ Examples:
 """
 
 
+def _ratio(value: str) -> float:
+    ratio = probability(value)
+    if ratio == 0.0:
+        raise argparse.ArgumentTypeError("must be in (0, 1], got 0")
+    return ratio
+
+
+def _alpha(value: str) -> float:
+    try:
+        alpha = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not alpha >= 0.0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return alpha
+
+
+def _tau(value: str) -> float:
+    tau = probability(value)
+    if tau == 1.0:
+        raise argparse.ArgumentTypeError("must be in [0, 1), got 1")
+    return tau
+
+
 def add_parser(subparsers, name: str, help: str) -> None:
     parser = subparsers.add_parser(
         name, help=help, description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     corpus = parser.add_mutually_exclusive_group(required=True)
     corpus.add_argument("--annotations-dir", help="Local corpus: annotations directory, corpus root, or zip.")
-    corpus.add_argument("--dataset", help="Hub dataset repo id, e.g. OpenGVLab/VisualPRM400K-v1.1-Raw.")
+    corpus.add_argument(
+        "--dataset", type=hub_repo_id, help="Hub dataset repo id, e.g. OpenGVLab/VisualPRM400K-v1.1-Raw."
+    )
     parser.add_argument("--revision", default=None, help="Hub revision of --dataset (branch, tag or commit).")
     parser.add_argument(
         "--download-images", action="store_true", help="With --dataset: also fetch and unzip images.zip (large)."
     )
     parser.add_argument("--method", choices=METHODS, default="bis", help="Selection method (default: bis).")
-    parser.add_argument("--ratio", type=float, default=0.1, help="Fraction kept per source (default: 0.1).")
-    parser.add_argument("--alpha", type=float, default=0.2, help="BIS smoothing term alpha (default: 0.2).")
-    parser.add_argument("--tau", type=float, default=0.0, help="Positive step when score > tau (default: 0.0).")
+    parser.add_argument(
+        "--ratio", type=_ratio, default=0.1, help="Fraction kept per source, in (0, 1] (default: 0.1)."
+    )
+    parser.add_argument("--alpha", type=_alpha, default=0.2, help="BIS smoothing term alpha >= 0 (default: 0.2).")
+    parser.add_argument(
+        "--tau", type=_tau, default=0.0, help="Positive step when score > tau, in [0, 1) (default: 0)."
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random baseline (default: 0).")
-    parser.add_argument("--num-proc", type=int, default=None, help="Processes reading annotation files.")
+    parser.add_argument("--num-proc", type=positive_int, default=None, help="Processes reading annotation files.")
     parser.add_argument(
         "--output", required=True, help="Output .jsonl or .parquet file, or a directory (datasets save_to_disk)."
     )
@@ -56,12 +95,23 @@ def add_parser(subparsers, name: str, help: str) -> None:
         "--format",
         choices=FORMATS,
         default="hf",
-        help="hf: HF PRM format (image, question, steps, labels, scores); internvl: the reference code's "
+        help="hf: HF PRM format (image, image_root, question, steps, labels, scores); internvl: the reference code's "
         "conversation JSONL, byte-compatible (default: hf).",
     )
-    parser.add_argument("--report", help="Write per-source read/valid/kept/dropped-by-reason counts as JSON.")
-    parser.add_argument("--plot", help="Write p_pos / R / BIS histograms of all vs kept rollouts (e.g. stats.png).")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="Push the subset (HF PRM format) to this repo.")
+    parser.add_argument(
+        "--report",
+        type=writable_file,
+        help="Write per-source read/valid/kept/dropped counts and the file and line of every dropped rollout (JSON).",
+    )
+    parser.add_argument(
+        "--dropped", type=writable_file, help='Write one line per dropped rollout: {"file", "line", "reason"} (JSONL).'
+    )
+    parser.add_argument(
+        "--plot", type=writable_file, help="Write p_pos / R / BIS histograms of all vs kept rollouts (e.g. stats.png)."
+    )
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO_ID", type=hub_repo_id, help="Push the subset (HF PRM format) to this repo."
+    )
     parser.add_argument("--embed-images", action="store_true", help="With --push-to-hub: embed the image bytes.")
     parser.add_argument("--private", action="store_true", help="With --push-to-hub: create a private repo.")
     parser.set_defaults(func=run)
@@ -88,43 +138,61 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _error(message: str) -> int:
-    print(f"bis-prm select: error: {message}", file=sys.stderr)
-    return 2
+def _check(args: argparse.Namespace) -> None:
+    """Everything that can be checked before reading the corpus."""
+    if args.annotations_dir and not os.path.exists(args.annotations_dir):
+        raise CommandError(f"annotations directory not found: {args.annotations_dir}")
+    try:
+        check_output_path(args.output, args.format)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    if args.embed_images and not args.push_to_hub:
+        raise CommandError("--embed-images needs --push-to-hub")
+    if args.push_to_hub:
+        check_hub_write_access(args.push_to_hub)
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 0.0 < args.ratio <= 1.0:
-        return _error(f"--ratio must be in (0, 1], got {args.ratio}")
-    if args.annotations_dir and not os.path.exists(args.annotations_dir):
-        return _error(f"annotations directory not found: {args.annotations_dir}")
+    _check(args)
     try:
-        annotations_dir, root = resolve_visualprm400k(
-            args.annotations_dir or args.dataset, revision=args.revision, download_images=args.download_images
+        selection = run_selection(
+            args.annotations_dir or args.dataset,
+            method=args.method,
+            ratio=args.ratio,
+            alpha=args.alpha,
+            tau=args.tau,
+            seed=args.seed,
+            num_proc=args.num_proc,
+            revision=args.revision,
+            download_images=args.download_images,
         )
-        rollouts = annotations_to_dataset(annotations_dir, num_proc=args.num_proc)
     except (OSError, ValueError) as err:
-        return _error(str(err))
-    scored = score_rollouts(rollouts, tau=args.tau, alpha=args.alpha)
-    subset = select_subset(scored, method=args.method, ratio=args.ratio, alpha=args.alpha, seed=args.seed)
-    params = {"corpus": args.dataset or args.annotations_dir, "revision": args.revision, "method": args.method}
-    params.update({"ratio": args.ratio, "alpha": args.alpha, "tau": args.tau, "seed": args.seed})
-    report = subset_report(scored, subset, params)
+        raise CommandError(str(err)) from None
+    report = selection.report
     print(format_table(report))
 
-    write_subset(subset, args.output, format=args.format, image_root=root)
-    print(f"wrote {len(subset)} rollouts ({args.format} format) to {args.output}")
+    write_subset(selection.subset, args.output, args.format, image_root=selection.image_root, report=report)
+    print(f"wrote {len(selection.subset)} rollouts ({args.format} format) to {args.output}")
     if args.report:
         with open(args.report, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
+    if args.dropped:
+        with open(args.dropped, "w", encoding="utf-8") as f:
+            for reason, rows in report["dropped_rows"].items():
+                f.writelines(json.dumps({**row, "reason": reason}) + "\n" for row in rows)
+    dropped = sum(len(rows) for rows in report["dropped_rows"].values())
+    if dropped:
+        where = args.report or args.dropped or "--report or --dropped"
+        print(f"{dropped} invalid rollouts were dropped; their files and lines: {where}", file=sys.stderr)
     if args.plot:
-        from ..data.plots import plot_selection_histograms
+        from bis_prm.data.plots import plot_selection_histograms
 
-        plot_selection_histograms(scored, subset, args.plot)
+        plot_selection_histograms(selection.scored, selection.subset, args.plot)
     if args.push_to_hub:
-        from ..data.dataset_card import push_subset_to_hub
+        from bis_prm.data.dataset_card import push_subset_to_hub
 
-        prm = to_prm_format(subset, image_root=root)
-        url = push_subset_to_hub(prm, args.push_to_hub, report, _command(args), args.embed_images, args.private)
+        url = push_subset_to_hub(
+            selection.to_prm(), args.push_to_hub, report, _command(args), args.embed_images, args.private
+        )
         print(f"pushed to {url}")
     return 0

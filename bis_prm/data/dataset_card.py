@@ -3,6 +3,7 @@ dataset card recording how the subset was made."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import datasets
@@ -11,8 +12,9 @@ from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 _CARD_TEMPLATE = """# {title}
 
 A subset of [{corpus}]({corpus_url}) (revision `{revision}`) selected with `bis_prm` for training multimodal process
-reward models, in the HF PRM format (`image`, `question`, `steps`, `labels` = hard step labels `score > tau`,
-`mc_scores` = soft labels, `p_pos`, `reliability`, `bis`, `is_mixed`, `source`).
+reward models, in the HF PRM format (`image`, `image_root`, `question`, `steps`, `labels` = hard step labels
+`score > tau`, `mc_scores` = soft labels, `p_pos`, `reliability`, `bis`, `is_mixed`, `source`). Unless the images are
+embedded, `image` holds paths relative to the corpus root: train with `image_root` set to your copy of the corpus.
 
 ## Selection
 
@@ -103,6 +105,15 @@ def build_dataset_card(report: dict[str, Any], command: str | None = None) -> Da
     return DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
 
 
+def _absolute_images(batch: dict[str, list]) -> dict[str, list]:
+    return {
+        "image": [
+            [os.path.join(root, path) if root else path for path in paths]
+            for paths, root in zip(batch["image"], batch["image_root"], strict=True)
+        ]
+    }
+
+
 def push_subset_to_hub(
     ds: datasets.Dataset,
     repo_id: str,
@@ -140,7 +151,12 @@ def push_subset_to_hub(
     >>> push_subset_to_hub(prm_subset, "me/visualprm400k-bis10", report, command="bis-prm select ...")
     """
     if embed_images:
+        # the rows were checked to stay inside their corpus root (`image_outside_root`): only corpus files are read
+        ds = ds.map(_absolute_images, batched=True, desc="Resolving images").remove_columns("image_root")
         ds = ds.cast_column("image", datasets.List(datasets.Image()))
+    elif "image_root" in ds.column_names:
+        # a local folder means nothing on the Hub: the card says to set `image_root` to a copy of the corpus
+        ds = ds.map(lambda batch: {"image_root": [None] * len(batch["image_root"])}, batched=True)
     params = report["params"]
     message = f"Upload {params.get('method')} subset (ratio={params.get('ratio')}, alpha={params.get('alpha')})"
     ds.push_to_hub(repo_id, private=private, token=token, commit_message=message, embed_external_files=embed_images)

@@ -10,9 +10,19 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
-__all__ = ["IMAGE_REASONS", "MAX_IMAGE_PIXELS", "ImageProblem", "read_image_size", "resolve_image"]
+__all__ = [
+    "IMAGE_REASONS",
+    "MAX_IMAGE_PIXELS",
+    "ImageProblem",
+    "paths_outside_root",
+    "read_image_size",
+    "resolve_image",
+]
 
 IMAGE_REASONS = ("missing_image", "image_outside_root", "image_unreadable", "image_too_large")
 # PIL's own decompression-bomb limit (~89.5 megapixels); larger images are refused before decoding
@@ -56,6 +66,56 @@ def resolve_image(path: str | os.PathLike, root: str | os.PathLike | None, conta
         if os.path.commonpath([real_root, real]) != real_root:
             raise ImageProblem("image_outside_root", f"image path {str(path)!r} resolves outside the root {root}")
     return joined
+
+
+def _inside(path: str, real_root: str) -> bool:
+    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+
+
+def paths_outside_root(paths: pa.Array, root: str | os.PathLike | None) -> np.ndarray:
+    """
+    For many image paths relative to `root` at once: which ones leave it, as [`resolve_image`] decides.
+
+    Written for whole corpora: only the paths that look suspicious (absolute, a `..` component, a backslash or a
+    drive letter) are resolved one by one; symbolic links are found by listing each distinct parent folder once.
+    Without a `root` (or while it does not exist), the lexical checks alone decide.
+
+    Example:
+
+    ```python
+    >>> paths_outside_root(pa.array(["ai2d/1.png", "../../token", "/etc/passwd", "a/../b.png"]), None)
+    array([False,  True,  True, False])
+    ```
+    """
+    outside = np.zeros(len(paths), dtype=bool)
+    if len(paths) == 0:
+        return outside
+    suspicious = pc.or_(
+        pc.starts_with(paths, "/"), pc.match_substring_regex(paths, r"(^|[/\\])\.\.([/\\]|$)|\\|^[A-Za-z]:")
+    )
+    base = os.path.realpath(root) if root is not None else os.path.realpath("/nonexistent-root")
+    for index in np.flatnonzero(pc.fill_null(suspicious, False).to_numpy(zero_copy_only=False)):
+        path = paths[int(index)].as_py().replace("\\", "/")
+        outside[index] = os.path.isabs(path) or path[1:2] == ":" or not _inside(os.path.join(base, path), base)
+    if root is None or not os.path.isdir(root):
+        return outside
+    # symbolic links: list each distinct parent folder once
+    parents = pc.replace_substring_regex(paths, r"/?[^/]*$", "")
+    for parent in pc.unique(parents).to_pylist():
+        folder = os.path.join(base, parent)
+        if not _inside(folder, base):
+            outside |= pc.equal(parents, parent).to_numpy(zero_copy_only=False)
+            continue
+        if not os.path.isdir(folder):
+            continue
+        with os.scandir(folder) as entries:
+            links = [
+                os.path.join(parent, entry.name) if parent else entry.name for entry in entries if entry.is_symlink()
+            ]
+        escaping = [link for link in links if not _inside(os.path.join(base, link), base)]
+        if escaping:
+            outside |= pc.is_in(paths, pa.array(escaping)).to_numpy(zero_copy_only=False)
+    return outside
 
 
 def read_image_size(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:

@@ -17,6 +17,9 @@ Ranking ties keep the original (file) order.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -27,7 +30,7 @@ import pyarrow.compute as pc
 from .arrow_utils import arrow_columns, list_parts, per_row_sum
 from .formats import to_prm_format
 from .scoring import bis_from_stats, score_rollouts
-from .visualprm400k import INVALID_REASONS, annotations_to_dataset, resolve_visualprm400k
+from .visualprm400k import INVALID_REASONS, annotations_to_dataset, find_annotation_files, resolve_visualprm400k
 
 METHODS = ("bis", "random", "mixed", "reliable", "low_mc", "full")
 
@@ -199,53 +202,79 @@ def _mixture_stats(table: pa.Table) -> dict[str, float | int]:
 
 
 def subset_report(
-    ds: datasets.Dataset, subset: datasets.Dataset, params: dict[str, Any] | None = None, by: str = "source"
+    ds: datasets.Dataset,
+    subset: datasets.Dataset,
+    params: dict[str, Any] | None = None,
+    by: str = "source",
+    sources: Sequence[str] = (),
 ) -> dict[str, Any]:
     """
-    Per-source counts of a selection: rollouts read, valid, kept and dropped by reason, plus label statistics.
+    Per-source counts of a selection: rollouts read, valid, kept and dropped by reason, the file and line of every
+    dropped rollout, and label statistics.
 
     Args:
         ds (`datasets.Dataset`):
-            All scored rollouts (with `invalid_reason` and, for `blank_lines`, `file_lines`).
+            All scored rollouts (with `invalid_reason` and, for `blank_lines` and `dropped_rows`, `file_lines` and
+            `line`).
         subset (`datasets.Dataset`):
             The selected rows of `ds`.
         params (`dict`, *optional*):
             Selection parameters to record under `"params"`.
         by (`str`, *optional*, defaults to `"source"`):
             Grouping column.
+        sources (`Sequence[str]`, *optional*):
+            Every source read, in order, also those without a single row (an empty file shows 0 rows read).
 
     Returns:
         `dict` with `"sources"` (`{source: {"read", "valid", "kept", "dropped": {reason: n, "not_selected": n},
-        "blank_lines"}}`), `"total"` (the same counts summed), `"stats"` (label-mixture statistics of `"all"` valid
-        and `"kept"` rollouts) and `"params"`. For every source, `kept + sum(dropped.values()) == read`.
+        "blank_lines"}}`), `"total"` (the same counts summed), `"dropped_rows"` (`{reason: [{"file", "line"}]}`,
+        1-based lines of every invalid rollout), `"stats"` (label-mixture statistics of `"all"` valid and `"kept"`
+        rollouts) and `"params"`. For every source, `kept + sum(dropped.values()) == read`.
 
     Example:
 
+    ```python
     >>> report = subset_report(scored, subset)
     >>> report["total"]["kept"] + sum(report["total"]["dropped"].values()) == report["total"]["read"]
     True
+    ```
     """
-    has_lines = "file_lines" in ds.column_names
-    table = arrow_columns(ds, [by, "invalid_reason"] + (["file_lines"] if has_lines else []))
+    has_lines = "file_lines" in ds.column_names and "line" in ds.column_names
+    table = arrow_columns(ds, [by, "invalid_reason"] + (["file_lines", "line"] if has_lines else []))
     kept_per_source = pc.value_counts(arrow_columns(subset, [by]).column(by).combine_chunks()).to_pylist()
     kept_per_source = {item["values"]: item["counts"] for item in kept_per_source}
     # reasons as integer codes: counting them per source is then one bincount
     reason_codes = pc.index_in(table.column("invalid_reason"), pa.array(INVALID_REASONS))
     codes = pc.fill_null(reason_codes, len(INVALID_REASONS)).to_numpy(zero_copy_only=False)
     file_lines = table.column("file_lines").to_numpy(zero_copy_only=False) if has_lines else None
-    sources = {}
-    for source, rows in _groups(ds, by):
+    lines = table.column("line").to_numpy(zero_copy_only=False) if has_lines else None
+    groups = dict(_groups(ds, by))
+    empty = np.zeros(0, dtype=np.int64)
+    report_sources, dropped_rows = {}, {}
+    for source in [*sources, *(name for name in groups if name not in sources)]:
+        rows = groups.get(source, empty)
         counts = np.bincount(codes[rows], minlength=len(INVALID_REASONS) + 1)
         dropped = {reason: int(n) for reason, n in zip(INVALID_REASONS, counts, strict=False)}
         read = len(rows)
         valid = int(counts[-1])
         kept = int(kept_per_source.get(source, 0))
         dropped["not_selected"] = valid - kept
-        blank_lines = int(file_lines[rows[0]]) - read if has_lines else 0
-        sources[source] = {"read": read, "valid": valid, "kept": kept, "dropped": dropped, "blank_lines": blank_lines}
-    total = {key: sum(counts[key] for counts in sources.values()) for key in ("read", "valid", "kept", "blank_lines")}
+        blank_lines = int(file_lines[rows[0]]) - read if has_lines and read else 0
+        report_sources[source] = {
+            "read": read,
+            "valid": valid,
+            "kept": kept,
+            "dropped": dropped,
+            "blank_lines": blank_lines,
+        }
+        if has_lines:
+            for row in rows[codes[rows] < len(INVALID_REASONS)]:
+                entry = {"file": f"{source}.jsonl", "line": int(lines[row]) + 1}
+                dropped_rows.setdefault(INVALID_REASONS[codes[row]], []).append(entry)
+    counted = ("read", "valid", "kept", "blank_lines")
+    total = {key: sum(counts[key] for counts in report_sources.values()) for key in counted}
     total["dropped"] = {
-        reason: sum(counts["dropped"][reason] for counts in sources.values())
+        reason: sum(counts["dropped"][reason] for counts in report_sources.values())
         for reason in (*INVALID_REASONS, "not_selected")
     }
     stat_columns = ["p_pos", "reliability", "bis", "is_mixed", "labels"]
@@ -253,7 +282,72 @@ def subset_report(
         "all": _mixture_stats(arrow_columns(ds, stat_columns)),
         "kept": _mixture_stats(arrow_columns(subset, stat_columns)),
     }
-    return {"sources": sources, "total": total, "stats": stats, "params": dict(params or {})}
+    dropped_rows = {reason: dropped_rows[reason] for reason in INVALID_REASONS if reason in dropped_rows}
+    return {
+        "sources": report_sources,
+        "total": total,
+        "dropped_rows": dropped_rows,
+        "stats": stats,
+        "params": dict(params or {}),
+    }
+
+
+@dataclass
+class Selection:
+    """
+    What a selection run produced (see [`run_selection`]).
+
+    Parameters:
+        scored (`datasets.Dataset`): every rollout read, scored, with its `invalid_reason`.
+        subset (`datasets.Dataset`): the kept rollouts, in original order, with the raw columns.
+        report (`dict`): the [`subset_report`].
+        image_root (`Path`): the corpus root the image paths are relative to.
+    """
+
+    scored: datasets.Dataset
+    subset: datasets.Dataset
+    report: dict[str, Any]
+    image_root: Path
+
+    def to_prm(self) -> datasets.Dataset:
+        """The subset in the HF PRM format the trainer reads (see [`~formats.to_prm_format`])."""
+        return to_prm_format(self.subset, image_root=self.image_root)
+
+
+def run_selection(
+    path_or_repo: str | os.PathLike,
+    method: str = "bis",
+    ratio: float = 0.1,
+    alpha: float = 0.2,
+    tau: float = 0.0,
+    seed: int = 0,
+    num_proc: int | None = None,
+    revision: str | None = None,
+    progress: bool = True,
+    download_images: bool = False,
+) -> Selection:
+    """
+    Load a VisualPRM400K-style corpus, score it and select a subset: the one pipeline behind `bis-prm select`,
+    [`build_subset`], on-the-fly selection in training and the quickstart.
+
+    Takes the arguments of [`build_subset`].
+
+    Example:
+
+    ```python
+    >>> selection = run_selection("VisualPRM400K-v1.1-Raw", method="bis", ratio=0.1, alpha=0.2)
+    >>> selection.report["total"]["kept"] == len(selection.subset)
+    True
+    ```
+    """
+    annotations_dir, root = resolve_visualprm400k(path_or_repo, revision=revision, download_images=download_images)
+    rollouts = annotations_to_dataset(annotations_dir, num_proc=num_proc, progress=progress, image_root=root)
+    scored = score_rollouts(rollouts, tau=tau, alpha=alpha)
+    subset = select_subset(scored, method=method, ratio=ratio, alpha=alpha, seed=seed)
+    params = {"corpus": str(path_or_repo), "revision": revision, "method": method, "ratio": ratio}
+    params.update({"alpha": alpha, "tau": tau, "seed": seed})
+    sources = [path.stem for path in find_annotation_files(annotations_dir)]
+    return Selection(scored, subset, subset_report(scored, subset, params, sources=sources), Path(root))
 
 
 def build_subset(
@@ -295,19 +389,18 @@ def build_subset(
             exist, as training needs.
 
     Returns:
-        `tuple[datasets.Dataset, dict]`: the subset in the HF PRM format (image paths resolved against the corpus
-        root) and the report of [`subset_report`].
+        `tuple[datasets.Dataset, dict]`: the subset in the HF PRM format (image paths relative to its `image_root`
+        column, the corpus root) and the report of [`subset_report`].
 
     Example:
 
+    ```python
     >>> train_dataset, report = build_subset("VisualPRM400K-v1.1-Raw", method="bis", ratio=0.1, alpha=0.2)
     >>> report["total"]["kept"] == len(train_dataset)
     True
+    ```
     """
-    annotations_dir, root = resolve_visualprm400k(path_or_repo, revision=revision, download_images=download_images)
-    ds = annotations_to_dataset(annotations_dir, num_proc=num_proc, progress=progress)
-    scored = score_rollouts(ds, tau=tau, alpha=alpha)
-    subset = select_subset(scored, method=method, ratio=ratio, alpha=alpha, seed=seed)
-    params = {"corpus": str(path_or_repo), "revision": revision, "method": method, "ratio": ratio}
-    params.update({"alpha": alpha, "tau": tau, "seed": seed})
-    return to_prm_format(subset, image_root=root), subset_report(scored, subset, params)
+    selection = run_selection(
+        path_or_repo, method, ratio, alpha, tau, seed, num_proc, revision, progress, download_images
+    )
+    return selection.to_prm(), selection.report

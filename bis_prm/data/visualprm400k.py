@@ -5,23 +5,32 @@ parsed with pyarrow's C++ JSON reader; a file (or 1 000-line chunk of it) that t
 `str` image in one row and a `list` in another, a non-numeric score, ...) is parsed line by line in Python instead,
 so bad input never stops the load. Every row gets an `invalid_reason` (empty when valid):
 
-- `broken_json`: the line is not a JSON object.
+- `broken_json`: the line is not a JSON object (or is nested deeper than a parser takes).
+- `invalid_utf8`: the line holds bytes that are not UTF-8.
+- `invalid_text`: a text field holds a lone surrogate escape (`\\ud83d`) or a control character other than tab and
+  line breaks.
 - `missing_image`: `image` is missing, null, empty, or a list with an empty/non-string entry.
+- `image_outside_root`: an image path leaves the corpus root (absolute, `..`, or a symbolic link pointing out), so
+  nothing outside the corpus is ever read, embedded or uploaded.
 - `no_steps`: `steps_with_score` is missing or empty.
 - `blank_step`: a step's text is missing, not a string, or only whitespace.
 - `missing_score`: a step's score is missing, null, non-numeric or NaN.
-- `score_out_of_range`: a step's score lies outside [0, 1].
+- `score_out_of_range`: a step's score lies outside [0, 1] (a 400-digit integer included).
 
 The first reason that applies, in this order, is recorded.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import multiprocessing
 import os
+import re
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,11 +43,24 @@ import pyarrow.json as pa_json
 from tqdm.auto import tqdm
 
 from .arrow_utils import list_array, list_parts, per_row_sum
+from .images import paths_outside_root
 
 if TYPE_CHECKING:
     import datasets
 
-INVALID_REASONS = ("broken_json", "missing_image", "no_steps", "blank_step", "missing_score", "score_out_of_range")
+INVALID_REASONS = (
+    "broken_json",
+    "invalid_utf8",
+    "invalid_text",
+    "missing_image",
+    "image_outside_root",
+    "no_steps",
+    "blank_step",
+    "missing_score",
+    "score_out_of_range",
+)
+# problems found while parsing a line, before its fields are looked at
+_PARSE_PROBLEMS = INVALID_REASONS[:3]
 
 ROLLOUT_SCHEMA = pa.schema(
     [
@@ -65,6 +87,10 @@ _LIST_IMAGE, _STR_IMAGE = b'"image": [', b'"image": "'
 _PEEK_BYTES = 1 << 20
 # blocks are parsed in parallel; a rollout longer than a block makes the parse fail and fall back
 _BLOCK_SIZE = 4 << 20
+# C0 control characters other than tab, line feed and carriage return
+_CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# how JSON escapes them (\u0000 - \u001f): a line holding one is parsed in Python, which decides exactly
+_CONTROL_ESCAPE = re.compile(rb"\\u001[0-9a-fA-F]|\\u000[0-8bBcCeEfF]")
 
 
 def _raw_schema(image_type: pa.DataType) -> pa.Schema:
@@ -103,7 +129,7 @@ def _batch_to_columns(raw: pa.RecordBatch, image_is_list: bool) -> dict[str, pa.
         **{name: pc.fill_null(raw.column(name), "") for name in _TEXT_FIELDS},
         "steps": list_array(lengths, flat_steps.field("step")),
         "mc_scores": list_array(lengths, scores),
-        "_broken": pa.array(np.zeros(n, dtype=bool)),
+        "_parse_problem": pa.array(np.full(n, "", dtype=object), pa.string()),
     }
 
 
@@ -113,20 +139,52 @@ def _as_score(value: object) -> float:
         return math.nan
     try:
         return float(value)
+    except OverflowError:  # a 400-digit integer: out of range, not unusable
+        return math.inf
     except (TypeError, ValueError):
         return math.nan
 
 
+def _clean_text(value: object) -> str | None:
+    """`value` as text for a text field, or None when it cannot be stored (a lone surrogate, a control character)."""
+    text = "" if value is None else value if isinstance(value, str) else str(value)
+    if _CONTROL_CHARACTERS.search(text):
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return text
+
+
+def _record_from_arrow(raw_line: bytes) -> dict | None:
+    """The fields of one line as the C++ reader reads them (None when it rejects the line), as a raw record."""
+    columns = _parse_block(raw_line)
+    if columns is None or len(columns["steps"]) != 1:
+        return None
+    row = {name: column[0].as_py() for name, column in columns.items()}
+    image = row["image"] if row["image_is_list"] else (row["image"] or [None])[0]
+    steps = [{"step": step, "score": score} for step, score in zip(row["steps"], row["mc_scores"], strict=True)]
+    return {"image": image, **{name: row[name] for name in _TEXT_FIELDS}, "steps_with_score": steps}
+
+
 def _python_to_columns(lines: list[bytes]) -> dict[str, pa.Array]:
-    """Robust line-by-line parse; anything that is not a JSON object becomes a `broken_json` row."""
-    out = {name: [] for name in ("image", "image_is_list", *_TEXT_FIELDS, "steps", "mc_scores", "_broken")}
+    """Robust line-by-line parse: a line that is not a JSON object of usable text is recorded as a parse problem."""
+    out = {name: [] for name in ("image", "image_is_list", *_TEXT_FIELDS, "steps", "mc_scores", "_parse_problem")}
     for raw_line in lines:
+        problem = ""
         try:
             record = json.loads(raw_line)
+        except UnicodeDecodeError:
+            record, problem = None, "invalid_utf8"
         except ValueError:
-            record = None
-        broken = not isinstance(record, dict)
-        record = {} if broken else record
+            record, problem = None, "broken_json"
+        except RecursionError:  # deeper than Python's parser goes: the C++ one may still read it
+            record = _record_from_arrow(raw_line)
+            problem = "broken_json" if record is None else ""
+        if not problem and not isinstance(record, dict):
+            problem = "broken_json"
+        record = record if not problem else {}
         image = record.get("image")
         is_list = isinstance(image, list)
         if isinstance(image, str):
@@ -135,16 +193,25 @@ def _python_to_columns(lines: list[bytes]) -> dict[str, pa.Array]:
             image = []
         steps = record.get("steps_with_score")
         steps = [step if isinstance(step, dict) else {} for step in steps] if isinstance(steps, list) else []
-        out["image"].append(image)
+        texts = {name: _clean_text(record.get(name)) for name in _TEXT_FIELDS}
+        step_texts = [_clean_text(step.get("step")) if isinstance(step.get("step"), str) else "" for step in steps]
+        images = [_clean_text(path) for path in image]
+        if None in (*texts.values(), *step_texts, *images):
+            problem = problem or "invalid_text"
+            texts = {name: text or "" for name, text in texts.items()}
+            images = [path or "" for path in images]
+            step_texts = [text or "" for text in step_texts]
+        out["image"].append(images)
         out["image_is_list"].append(is_list)
         for name in _TEXT_FIELDS:
-            value = record.get(name)
-            out[name].append("" if value is None else value if isinstance(value, str) else str(value))
-        out["steps"].append([step.get("step") if isinstance(step.get("step"), str) else None for step in steps])
+            out[name].append(texts[name])
+        out["steps"].append(
+            [text if isinstance(step.get("step"), str) else None for text, step in zip(step_texts, steps, strict=True)]
+        )
         out["mc_scores"].append([_as_score(step.get("score")) for step in steps])
-        out["_broken"].append(broken)
+        out["_parse_problem"].append(problem)
     types = {"image": pa.list_(pa.string()), "steps": pa.list_(pa.string()), "mc_scores": pa.list_(pa.float64())}
-    types.update({"image_is_list": pa.bool_(), "_broken": pa.bool_()})
+    types.update({"image_is_list": pa.bool_()})
     return {name: pa.array(values, type=types.get(name, pa.string())) for name, values in out.items()}
 
 
@@ -176,7 +243,7 @@ def _parse_mixed_images(lines: list[bytes]) -> dict[str, pa.Array] | None:
         if len(rows) == 0:
             continue
         part = _parse_block(b"\n".join(lines[i] for i in rows), image_is_list=kind)
-        if part is None or len(part["_broken"]) != len(rows):
+        if part is None or len(part["_parse_problem"]) != len(rows):
             return None
         parts.append(part)
         order.append(rows)
@@ -184,19 +251,46 @@ def _parse_mixed_images(lines: list[bytes]) -> dict[str, pa.Array] | None:
     return {name: _concat([part[name] for part in parts]).take(inverse) for name in parts[0]}
 
 
-def _parse_lines(lines: list[bytes]) -> dict[str, pa.Array]:
-    """Columns of non-blank lines that the whole-file parse rejected: C++ parses where possible (all lines, else per
-    chunk), Python line by line for the chunks that still fail."""
-    columns = _parse_mixed_images(lines) if lines else None
+def _parse_lines(lines: list[bytes], python_lines: frozenset[int] = frozenset()) -> dict[str, pa.Array]:
+    """Columns of non-blank lines that the whole-file parse rejected or that need a closer look: C++ parses where
+    possible (all lines, else per chunk), Python line by line for the chunks that still fail and for the chunks
+    holding one of `python_lines` (indices into `lines`)."""
+    columns = _parse_mixed_images(lines) if lines and not python_lines else None
     if columns is not None:
         return columns
     parts = []
     for start in range(0, len(lines), _FALLBACK_CHUNK_LINES):
         chunk = lines[start : start + _FALLBACK_CHUNK_LINES]
-        parts.append(_parse_mixed_images(chunk) or _python_to_columns(chunk))
+        closer_look = any(start <= index < start + _FALLBACK_CHUNK_LINES for index in python_lines)
+        parts.append(
+            _python_to_columns(chunk) if closer_look else _parse_mixed_images(chunk) or _python_to_columns(chunk)
+        )
     if not parts:
         return _python_to_columns([])
     return {name: _concat([part[name] for part in parts]) for name in parts[0]}
+
+
+def _is_utf8(data: bytes) -> bool:
+    """Whether `data` is valid UTF-8, checked by Arrow without copying (several times faster than `bytes.decode`)."""
+    if data.isascii():
+        return True
+    offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64).tobytes())
+    try:
+        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)]).validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _lines_for_python(data: bytes, starts: np.ndarray, ends: np.ndarray, line_index: np.ndarray) -> frozenset[int]:
+    """Positions (in `line_index`) of the lines the C++ reader would accept but that are not usable as they are:
+    bytes that are not UTF-8 and escaped control characters. Python parses them and records why."""
+    offsets = [match.start() for match in _CONTROL_ESCAPE.finditer(data)] if b"\\u00" in data else []
+    lines = np.searchsorted(starts, np.array(offsets, dtype=np.int64), side="right") - 1
+    if not _is_utf8(data):
+        undecodable = [i for i in line_index if not _is_utf8(data[starts[i] : ends[i]])]
+        lines = np.concatenate([lines, np.array(undecodable, dtype=np.int64)])
+    return frozenset(np.searchsorted(line_index, np.unique(lines)).tolist())
 
 
 def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -217,21 +311,24 @@ def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return starts, ends.astype(np.int64), non_blank.astype(np.int64)
 
 
-def _invalid_reasons(columns: dict[str, pa.Array]) -> pa.Array:
+def _invalid_reasons(columns: dict[str, pa.Array], image_root: str | os.PathLike | None) -> pa.Array:
     """Vectorised validity check; the first reason of `INVALID_REASONS` that applies wins."""
     image_lengths, flat_images = list_parts(columns["image"])
     empty_image = pc.equal(pc.fill_null(flat_images, ""), "").to_numpy(zero_copy_only=False)
+    outside = paths_outside_root(pc.fill_null(flat_images, ""), image_root)
     step_lengths, flat_steps = list_parts(columns["steps"])
     # Arrow's whitespace is exactly Python's `str.isspace`, so this is the reference code's `not step.strip()`
     blank = pc.equal(pc.utf8_trim_whitespace(pc.fill_null(flat_steps, "")), "").to_numpy(zero_copy_only=False)
     _, flat_scores = list_parts(columns["mc_scores"])
     scores = flat_scores.to_numpy(zero_copy_only=False)
-    missing = ~np.isfinite(scores)
+    missing = np.isnan(scores)
     with np.errstate(invalid="ignore"):
         out_of_range = (scores < 0.0) | (scores > 1.0)
+    parse_problem = pc.fill_null(columns["_parse_problem"], "")
     checks = [
-        columns["_broken"].to_numpy(zero_copy_only=False),
+        *(pc.equal(parse_problem, reason).to_numpy(zero_copy_only=False) for reason in _PARSE_PROBLEMS),
         (image_lengths == 0) | (per_row_sum(image_lengths, empty_image) > 0),
+        per_row_sum(image_lengths, outside & ~empty_image) > 0,
         step_lengths == 0,
         per_row_sum(step_lengths, blank) > 0,
         per_row_sum(step_lengths, missing) > 0,
@@ -244,13 +341,16 @@ def _invalid_reasons(columns: dict[str, pa.Array]) -> pa.Array:
     return pa.DictionaryArray.from_arrays(pa.array(codes), names).cast(pa.string())
 
 
-def read_annotation_file(path: str | os.PathLike) -> pa.Table:
+def read_annotation_file(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> pa.Table:
     """
     Read one `<source>.jsonl` annotation file into an Arrow table with the rollout columns (`ROLLOUT_SCHEMA`).
 
     Args:
         path (`str` or `os.PathLike`):
             The annotation file; its stem becomes the `source` column.
+        image_root (`str` or `os.PathLike`, *optional*):
+            The corpus root that image paths are relative to: paths that leave it, symbolic links included, make
+            their row `image_outside_root`. Without it, absolute paths and paths climbing out with `..` do.
 
     Returns:
         `pyarrow.Table`: one row per non-blank line, with `line` the 0-based line index in the file, `file_lines` the
@@ -258,23 +358,26 @@ def read_annotation_file(path: str | os.PathLike) -> pa.Table:
 
     Example:
 
+    ```python
     >>> table = read_annotation_file("annotations/ai2d.jsonl")
     >>> table.column_names[:3]
     ['source', 'line', 'file_lines']
+    ```
     """
     path = Path(path)
     data = path.read_bytes()
     starts, ends, line_index = _line_bounds(data)
+    python_lines = _lines_for_python(data, starts, ends, line_index)
     # peek at the first MiB: enough to spot a mixing file, cheap for the others
     has_list, has_str = (data.find(marker, 0, _PEEK_BYTES) >= 0 for marker in (_LIST_IMAGE, _STR_IMAGE))
     # a file that mixes str and list images is parsed per kind right away
-    columns = (
-        None if has_list and has_str else _parse_block(data, image_is_list=has_list if has_str or has_list else None)
-    )
-    if columns is None or len(columns["_broken"]) != len(line_index):
-        columns = _parse_lines([data[starts[i] : ends[i]] for i in line_index])
+    columns = None
+    if not python_lines and not (has_list and has_str):
+        columns = _parse_block(data, image_is_list=has_list if has_str or has_list else None)
+    if columns is None or len(columns["_parse_problem"]) != len(line_index):
+        columns = _parse_lines([data[starts[i] : ends[i]] for i in line_index], python_lines)
     n = len(line_index)
-    columns["invalid_reason"] = _invalid_reasons(columns)
+    columns["invalid_reason"] = _invalid_reasons(columns, image_root)
     columns["source"] = pa.array([path.stem] * n, type=pa.string())
     columns["line"] = pa.array(line_index, type=pa.int64())
     columns["file_lines"] = pa.array(np.full(n, len(starts), dtype=np.int64))
@@ -305,19 +408,34 @@ def _locate_annotations(root: Path) -> Path:
 
 
 def _extract_once(archives: Iterable[Path], key: str, cache_dir: str | os.PathLike | None) -> Path:
-    """Unzip `archives` into one folder of the cache, once (a marker file records a complete extraction)."""
+    """
+    Unzip `archives` into one folder of the cache, once per machine, whatever the number of processes asking.
+
+    The first process to take the folder's file lock extracts into a temporary folder and renames it into place
+    (atomic); the others wait for the lock and reuse the folder. A folder without the completion marker (an
+    extraction killed half-way by an earlier version) is replaced.
+    """
     # imported here (and below) so that the file-reading worker processes start without `datasets`
     import datasets
+    from filelock import FileLock
 
     cache_dir = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "bis_prm" / "visualprm400k"
+    cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / hashlib.sha256(key.encode()).hexdigest()[:16]
-    marker = target / ".extracted"
-    if not marker.exists():
-        target.mkdir(parents=True, exist_ok=True)
-        for archive in archives:
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(target)
-        marker.write_text(key)
+    with FileLock(str(target) + ".lock"):
+        if (target / ".extracted").exists():
+            return target
+        staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{target.name}-"))
+        try:
+            for archive in archives:
+                with zipfile.ZipFile(archive) as zf:
+                    zf.extractall(staging)  # zipfile drops absolute paths and ".." parts of member names
+            (staging / ".extracted").write_text(key)
+            if target.exists():
+                shutil.rmtree(target)
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -375,26 +493,35 @@ def resolve_visualprm400k(
     return annotations_dir, annotations_dir.parent if annotations_dir != root else root
 
 
-def corpus_fingerprint(annotations_dir: str | os.PathLike) -> str:
-    """A `datasets` fingerprint of the annotation files (names, sizes, modification times), cheap to compute."""
+def corpus_fingerprint(annotations_dir: str | os.PathLike, image_root: str | os.PathLike | None = None) -> str:
+    """A `datasets` fingerprint of the annotation files (names, sizes, modification times) and the image root."""
     files = find_annotation_files(annotations_dir)
     stats = [(path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in files]
-    return hashlib.sha256(repr((str(Path(annotations_dir).resolve()), stats)).encode()).hexdigest()[:16]
+    key = (str(Path(annotations_dir).resolve()), stats, image_root and str(Path(image_root).resolve()))
+    return hashlib.sha256(repr(key).encode()).hexdigest()[:16]
 
 
 def annotations_to_dataset(
-    annotations_dir: str | os.PathLike, num_proc: int | None = None, progress: bool = True
+    annotations_dir: str | os.PathLike,
+    num_proc: int | None = None,
+    progress: bool = True,
+    image_root: str | os.PathLike | None = None,
 ) -> datasets.Dataset:
     """[`read_annotations`] as a `datasets.Dataset`, fingerprinted from the files (hashing the table is slow)."""
     import datasets
     from datasets.table import InMemoryTable
 
-    table = InMemoryTable(read_annotations(annotations_dir, num_proc=num_proc, progress=progress))
-    return datasets.Dataset(table, fingerprint=corpus_fingerprint(annotations_dir))
+    table = InMemoryTable(
+        read_annotations(annotations_dir, num_proc=num_proc, progress=progress, image_root=image_root)
+    )
+    return datasets.Dataset(table, fingerprint=corpus_fingerprint(annotations_dir, image_root))
 
 
 def read_annotations(
-    annotations_dir: str | os.PathLike, num_proc: int | None = None, progress: bool = True
+    annotations_dir: str | os.PathLike,
+    num_proc: int | None = None,
+    progress: bool = True,
+    image_root: str | os.PathLike | None = None,
 ) -> pa.Table:
     """
     Read every `*.jsonl` file of `annotations_dir` (sorted by name) into one Arrow table, in parallel over files.
@@ -406,6 +533,8 @@ def read_annotations(
             Number of worker processes; files are distributed over them and results kept in sorted file order.
         progress (`bool`, *optional*, defaults to `True`):
             Show a progress bar over files.
+        image_root (`str` or `os.PathLike`, *optional*):
+            The corpus root image paths are relative to (see [`read_annotation_file`]).
 
     Returns:
         `pyarrow.Table` with the schema `ROLLOUT_SCHEMA`.
@@ -417,12 +546,13 @@ def read_annotations(
     """
     files = find_annotation_files(annotations_dir)
     bar = dict(total=len(files), desc="Reading annotations", unit="file", disable=not progress)
+    read = functools.partial(read_annotation_file, image_root=image_root)
     if num_proc is None or num_proc <= 1 or len(files) == 1:
-        tables = [read_annotation_file(path) for path in tqdm(files, **bar)]
+        tables = [read(path) for path in tqdm(files, **bar)]
     else:
         # spawn: forking a process that already runs Arrow threads can deadlock
         with multiprocessing.get_context("spawn").Pool(min(num_proc, len(files))) as pool:
-            tables = list(tqdm(pool.imap(read_annotation_file, files), **bar))
+            tables = list(tqdm(pool.imap(read, files), **bar))
     return pa.concat_tables(tables)
 
 
@@ -457,5 +587,5 @@ def load_visualprm400k(
     >>> ds[0]["source"], ds[0]["steps"][:1]
     ('ai2d', ['Step 1: ...'])
     """
-    annotations_dir, _ = resolve_visualprm400k(path_or_repo, revision=revision, cache_dir=cache_dir)
-    return annotations_to_dataset(annotations_dir, num_proc=num_proc)
+    annotations_dir, root = resolve_visualprm400k(path_or_repo, revision=revision, cache_dir=cache_dir)
+    return annotations_to_dataset(annotations_dir, num_proc=num_proc, image_root=root)

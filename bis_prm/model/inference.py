@@ -45,12 +45,14 @@ def _image_sizes(example: dict[str, Any]) -> list[tuple[int, int]]:
 
 
 def _image_tokens(processor, sizes: list[tuple[int, int]]) -> int:
+    """Tokens the processor adds for these images: each one-token placeholder of the chat template becomes the
+    image's tokens."""
     if not sizes:
         return 0
     try:
-        # the processors' own count of placeholder tokens per image size (the API vLLM uses), no image decoded
+        # the processors' own count of tokens per image size (the API vLLM uses), no image decoded
         counts = processor._get_num_multimodal_tokens(image_sizes=[[height, width] for width, height in sizes])
-        return int(sum(counts.num_image_tokens))
+        return int(sum(counts.num_image_tokens)) - len(sizes)
     except (AttributeError, TypeError, ValueError, KeyError):  # a processor without it: the text alone orders rows
         return 0
 

@@ -19,7 +19,16 @@ from PIL import Image
 
 from bis_prm.data.images import MAX_IMAGE_PIXELS, ImageProblem
 
-__all__ = ["ExampleError", "PRMCollator", "load_image", "render_prompt", "step_token_id", "tile_images", "tiled_size"]
+__all__ = [
+    "ExampleError",
+    "PRMCollator",
+    "apply_image_limits",
+    "load_image",
+    "render_prompt",
+    "step_token_id",
+    "tile_images",
+    "tiled_size",
+]
 
 # "<image>" / "<image1>" placeholders of the VisualPRM data; the chat template places the images itself.
 _IMAGE_PLACEHOLDER = re.compile(r"<image\d*>\s*")
@@ -388,6 +397,39 @@ class PRMCollator:
             for key in per_token:
                 out[key][row, target] = batch[key][row, kept]
         return out
+
+
+def apply_image_limits(processor, max_pixels: int | None, max_tiles: int | None) -> None:
+    """
+    Cap image sizes on a processor in place: `max_pixels` for dynamic-resolution processors (Qwen2.5-VL's
+    `size["longest_edge"]`), `max_tiles` for tiling processors (InternVL's `max_patches`).
+
+    Raises a `ValueError` naming the option when the processor has no such setting.
+
+    Example:
+
+    ```python
+    >>> apply_image_limits(processor, max_pixels=1003520, max_tiles=None)
+    >>> processor.image_processor.size["longest_edge"]
+    1003520
+    ```
+    """
+    image_processor = getattr(processor, "image_processor", None)
+    if max_pixels is not None:
+        size = getattr(image_processor, "size", None)
+        if size is None or "longest_edge" not in size:
+            raise ValueError(
+                f"`max_pixels` needs a dynamic-resolution image processor; {type(image_processor).__name__} has none. "
+                "Use `max_tiles` for tiling processors."
+            )
+        image_processor.size = {**dict(size), "longest_edge": max_pixels}
+    if max_tiles is not None:
+        if not hasattr(image_processor, "max_patches"):
+            raise ValueError(
+                f"`max_tiles` needs a tiling image processor; {type(image_processor).__name__} has none. "
+                "Use `max_pixels` for dynamic-resolution processors."
+            )
+        image_processor.max_patches = max_tiles
 
 
 def step_token_id(tokenizer, step_token: str) -> int:

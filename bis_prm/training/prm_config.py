@@ -46,16 +46,13 @@ class PRMConfig(_BaseConfig):
         dataset_steps_field (`str`, *optional*, defaults to `"steps"`):
             Column with the list of solution steps.
         dataset_labels_field (`str`, *optional*, defaults to `"labels"`):
-            Column with the per-step hard labels (0/1).
+            Column with the per-step hard labels (0/1 or booleans): the labels selection wrote with its `tau`.
         dataset_mc_scores_field (`str`, *optional*, defaults to `"mc_scores"`):
-            Column with the per-step Monte Carlo scores in [0, 1]; used by `label_mode` when present.
+            Column with the per-step Monte Carlo scores in [0, 1], the targets of `label_mode="soft"`.
         label_mode (`str`, *optional*, defaults to `"hard"`):
-            Training targets. `"hard"`: `1.0 if mc_score > tau else 0.0` when the MC-score column exists, else the
-            labels column. `"soft"`: the MC score itself (requires the MC-score column).
-        tau (`float`, *optional*, defaults to `0.0`):
-            Threshold turning MC scores into hard labels (the BIS paper's `tau`).
+            Training targets: `"hard"`, the labels column; `"soft"`, the MC scores. Evaluation uses the labels.
         image_root (`str`, *optional*):
-            Directory that relative image paths are resolved against.
+            Directory that relative image paths are resolved against, instead of each row's `image_root` column.
         max_length (`int`, *optional*, defaults to `4096`):
             Maximum number of tokens of a rendered rollout. Longer rollouts are truncated and only the step tokens
             that survive keep their labels. `None` disables truncation.
@@ -66,11 +63,9 @@ class PRMConfig(_BaseConfig):
             Upper bound on the number of tiles per image for tiling processors (InternVL's `max_patches`). `None` keeps
             the processor's setting.
         max_images (`int`, *optional*):
-            Keep at most this many images per rollout. `None` keeps them all.
+            Rollouts with more images are given to the model as one grid of them. `None` passes every image.
         dataset_num_proc (`int`, *optional*):
-            Number of processes used to prepare the dataset.
-        max_validation_errors (`int`, *optional*, defaults to `20`):
-            The validation pass run before training collects up to this many problems and raises them together.
+            Number of processes that prepare the dataset (the row checks open every image header).
 
     > [!NOTE]
     > These parameters have default values different from [`~transformers.TrainingArguments`]:
@@ -130,13 +125,13 @@ class PRMConfig(_BaseConfig):
     label_mode: str = field(
         default="hard",
         metadata={
-            "help": "`hard`: 1 if mc_score > tau else 0 (or the labels column); `soft`: the MC score itself.",
+            "help": "`hard`: train on the labels column; `soft`: on the MC scores.",
             "choices": ["hard", "soft"],
         },
     )
-    tau: float = field(default=0.0, metadata={"help": "Threshold turning MC scores into hard labels."})
     image_root: str | None = field(
-        default=None, metadata={"help": "Directory that relative image paths are resolved against."}
+        default=None,
+        metadata={"help": "Directory relative image paths are resolved against (instead of the image_root column)."},
     )
     max_length: int | None = field(
         default=4096,
@@ -148,12 +143,11 @@ class PRMConfig(_BaseConfig):
     max_tiles: int | None = field(
         default=None, metadata={"help": "Maximum tiles per image for tiling processors (InternVL)."}
     )
-    max_images: int | None = field(default=None, metadata={"help": "Keep at most this many images per rollout."})
+    max_images: int | None = field(
+        default=None, metadata={"help": "Tile rollouts with more images than this into one grid."}
+    )
     dataset_num_proc: int | None = field(
         default=None, metadata={"help": "Number of processes used to prepare the dataset."}
-    )
-    max_validation_errors: int = field(
-        default=20, metadata={"help": "Number of dataset problems collected before the validation pass raises."}
     )
 
     def __post_init__(self):
@@ -166,8 +160,6 @@ class PRMConfig(_BaseConfig):
             raise ValueError(f"`head` must be 'yes_no' or 'linear', got {self.head!r}.")
         if self.label_mode not in ("hard", "soft"):
             raise ValueError(f"`label_mode` must be 'hard' or 'soft', got {self.label_mode!r}.")
-        if not 0.0 <= self.tau < 1.0:
-            raise ValueError(f"`tau` must be in [0, 1), got {self.tau}.")
         if self.max_length is not None and self.max_length <= 0:
             raise ValueError(f"`max_length` must be positive or None, got {self.max_length}.")
 

@@ -21,12 +21,15 @@ class hierarchy or signatures we rely on move.
 Gradient accumulation: the model's forward takes `num_items_in_batch` and returns `sum(loss) / num_items_in_batch`.
 `transformers.Trainer` counts `labels != -100` over all micro-batches of an optimizer step (and across processes),
 i.e. the labelled steps, so 1 x 4 and 4 x 1 give the same loss and gradients.
+
+No single rollout stops a run: rows that cannot be trained on are dropped before training, by dataset row and reason
+([`~bis_prm.training.dataset.prepare_prm_dataset`]); a rollout that still fails when its batch is rendered is left out
+of that batch and counted (logged as `rollouts_skipped`, written into the model card). A failure in the very first
+batch is an error, so that a wholly broken dataset is not trained on silently.
 """
 
 from __future__ import annotations
 
-import os
-from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,179 +39,25 @@ import numpy as np
 import torch
 from accelerate.logging import get_logger
 from accelerate.utils import is_peft_model
-from datasets import Dataset, IterableDataset, Sequence, Value
-from huggingface_hub import ModelCard, ModelCardData
-from torch import nn
+from datasets import Dataset, IterableDataset
 from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin, TrainerCallback, set_seed
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
 from transformers.trainer_utils import EvalPrediction
 from transformers.utils import is_peft_available
 from trl.trainer.base_trainer import _BaseTrainer
 
+from bis_prm.model.inference import rollout_token_counts
 from bis_prm.model.modeling_prm import load_prm
-from bis_prm.model.processing_prm import PRMCollator
+from bis_prm.model.processing_prm import PRMCollator, apply_image_limits
+from bis_prm.model.vision_tower import freeze_vision_tower
+from bis_prm.training.dataset import DatasetCheck, PRMDatasetError, check_columns, prepare_prm_dataset
+from bis_prm.training.model_card import CITATION, write_model_card
 from bis_prm.training.prm_config import PRMConfig
 
 if is_peft_available():
     from peft import PeftConfig, get_peft_model
 
 logger = get_logger(__name__)
-
-# Submodules holding the vision encoder, by architecture (Qwen2.5-VL: `visual`; InternVL / LLaVA-style: `vision_tower`)
-_VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model")
-# Parts of a vision module that belong to the projector and stay trainable (Qwen2.5-VL's patch merger)
-_PROJECTOR_NAMES = ("merger",)
-_TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
-
-_CITATION = """\
-@article{bis_prm_2026,
-  title   = {{Training Data Efficiency in Multimodal Process Reward Models}},
-  journal = {arXiv preprint arXiv:2602.11111},
-  year    = {2026}
-}"""
-
-
-class PRMDatasetError(ValueError):
-    """Raised by the validation pass when a dataset cannot be used for PRM training; lists every problem found."""
-
-
-def validate_prm_dataset(dataset: Dataset, args: PRMConfig, dataset_name: str = "train") -> None:
-    """
-    Check a dataset in the HF PRM format before training and raise one error listing the problems.
-
-    Checks that the required columns exist, that each row has as many labels (and MC scores) as steps, that labels and
-    MC scores lie in [0, 1], that every row has at least one step and that image files exist (relative paths are
-    resolved against `args.image_root`). Stops collecting after `args.max_validation_errors` problems.
-
-    Args:
-        dataset (`datasets.Dataset`):
-            Rollouts with the columns named by `args.dataset_*_field`.
-        args ([`PRMConfig`]):
-            Gives the column names, `label_mode`, `image_root` and `max_validation_errors`.
-        dataset_name (`str`, *optional*, defaults to `"train"`):
-            Named in the error message.
-
-    Raises:
-        [`PRMDatasetError`]: naming the dataset, column and row of each problem.
-
-    Example:
-
-    ```python
-    >>> from datasets import Dataset
-    >>> ds = Dataset.from_dict({"image": [[]], "question": ["q"], "steps": [["a", "b"]], "labels": [[1.0]]})
-    >>> validate_prm_dataset(ds, PRMConfig(output_dir="out"))
-    Traceback (most recent call last):
-    ...
-    bis_prm.training.prm_trainer.PRMDatasetError: The train dataset cannot be used for PRM training (1 problem):
-      - row 0: column 'labels' has 1 values but 'steps' has 2
-    ```
-    """
-    image_field, steps_field = args.dataset_image_field, args.dataset_steps_field
-    labels_field, mc_field = args.dataset_labels_field, args.dataset_mc_scores_field
-    columns = set(dataset.column_names)
-    has_mc = mc_field in columns
-    required = [image_field, args.dataset_question_field, steps_field]
-    if args.label_mode == "soft" or not has_mc:
-        required.append(mc_field if args.label_mode == "soft" else labels_field)
-    missing = [name for name in required if name not in columns]
-    if missing:
-        raise PRMDatasetError(
-            f"The {dataset_name} dataset is missing the required column(s) {missing}; it has {sorted(columns)}. "
-            "Rename the columns or set the `dataset_*_field` options of `PRMConfig`."
-        )
-
-    problems: list[str] = []
-    target_fields = [name for name in (labels_field, mc_field) if name in columns]
-    # Image files are only checked when the column holds paths; `Image()` features carry their bytes
-    check_images = _holds_paths(dataset.features[image_field])
-    columns_to_read = [steps_field, *target_fields] + ([image_field] if check_images else [])
-    for row, example in enumerate(dataset.select_columns(columns_to_read)):
-        steps = example[steps_field]
-        if not steps:
-            problems.append(f"row {row}: column '{steps_field}' is empty")
-        for name in target_fields:
-            values = example[name]
-            if values is None or len(values) != len(steps or []):
-                problems.append(
-                    f"row {row}: column '{name}' has {len(values or [])} values but '{steps_field}' has "
-                    f"{len(steps or [])}"
-                )
-            bad = [value for value in values or [] if value is None or not 0.0 <= value <= 1.0]
-            if bad:
-                problems.append(f"row {row}: column '{name}' has values outside [0, 1]: {bad[:3]}")
-        if check_images:
-            for path in _as_list(example[image_field]):
-                resolved = resolve_image_path(path, args.image_root)
-                if not os.path.isfile(resolved):
-                    problems.append(f"row {row}: column '{image_field}' names a missing image file: {resolved}")
-        if len(problems) >= args.max_validation_errors:
-            problems.append(f"... stopped after {args.max_validation_errors} problems")
-            break
-    if problems:
-        count = len(problems) if not problems[-1].startswith("...") else f"at least {len(problems) - 1}"
-        noun = "problem" if count == 1 else "problems"
-        raise PRMDatasetError(
-            f"The {dataset_name} dataset cannot be used for PRM training ({count} {noun}):\n"
-            + "\n".join(f"  - {problem}" for problem in problems)
-        )
-
-
-def resolve_image_path(path: str, image_root: str | None) -> str:
-    """Return `path` joined to `image_root` when it is relative and a root is given.
-
-    >>> resolve_image_path("ai2d/1.png", "/data/images")
-    '/data/images/ai2d/1.png'
-    """
-    return os.path.join(image_root, path) if image_root and not os.path.isabs(path) else path
-
-
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _holds_paths(feature: Any) -> bool:
-    if isinstance(feature, (list, Sequence)):
-        feature = feature[0] if isinstance(feature, list) else feature.feature
-    if isinstance(feature, (list, Sequence)):
-        return _holds_paths(feature)
-    return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
-
-
-def make_targets(
-    steps: list[list[str]],
-    labels: list[list[float]] | None,
-    mc_scores: list[list[float]] | None,
-    label_mode: str,
-    tau: float,
-) -> dict[str, list[list[float]]]:
-    """
-    Per-step training targets for a batch of rollouts, the pure function mapped over a dataset.
-
-    `"hard"`: `1.0 if mc_score > tau else 0.0` when MC scores are given, else the labels (as floats). `"soft"`: the
-    MC scores themselves, the target probability that the step is correct.
-
-    Example:
-
-    ```python
-    >>> make_targets([["a", "b"]], None, [[0.25, 0.0]], "hard", tau=0.0)
-    {'labels': [[1.0, 0.0]]}
-    >>> make_targets([["a", "b"]], None, [[0.25, 0.0]], "soft", tau=0.0)
-    {'labels': [[0.25, 0.0]]}
-    ```
-    """
-    if mc_scores is None:
-        return {"labels": [[float(value) for value in row] for row in labels]}
-    if label_mode == "soft":
-        return {"labels": [[float(value) for value in row] for row in mc_scores]}
-    return {"labels": [[1.0 if value > tau else 0.0 for value in row] for row in mc_scores]}
-
-
-def rollout_lengths(questions: list[str], steps: list[list[str]], tokenizer) -> dict[str, list[int]]:
-    """Text-token length of each rollout (question + steps, images excluded), used by `group_by_length`."""
-    texts = [question + "".join(row) for question, row in zip(questions, steps, strict=True)]
-    return {"length": [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]}
 
 
 def positive_probabilities(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -266,61 +115,35 @@ def compute_step_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     }
 
 
-def freeze_vision_tower(model: nn.Module) -> int:
+class SkippingCollator:
     """
-    Freeze the vision encoder of a VLM and keep the projector trainable; returns the number of frozen parameters.
+    The trainer's collator: a rollout that cannot be rendered is left out of its batch, and reported with the batch
+    under `skipped` as `(dataset row, reason, message)`.
 
-    The vision encoder is the submodule named `visual` (Qwen2.5-VL), `vision_tower` (InternVL) or `vision_model`;
-    inside it, parameters of the projector (Qwen2.5-VL's `merger`) stay trainable.
+    A batch whose every rollout fails becomes `fallback` (a rollout known to render) with every label set to -100:
+    it adds nothing to the loss, but every process still runs its forward and backward passes, which DDP and
+    DeepSpeed need to stay in step.
 
-    >>> freeze_vision_tower(nn.Linear(2, 2))
-    Traceback (most recent call last):
-    ...
-    ValueError: Found no vision encoder (a submodule named 'visual', 'vision_tower', 'vision_model') in Linear.
+    Example:
+
+    ```python
+    >>> collator = SkippingCollator(PRMCollator(processor), fallback=train_dataset[0])
+    >>> batch = collator([good_row, row_with_a_corrupt_image])
+    >>> batch["skipped"]
+    [(17, 'image_unreadable', "Cannot open image '.../corrupt.png': ...")]
+    ```
     """
-    frozen = 0
-    found = False
-    for name, parameter in model.named_parameters():
-        parts = name.split(".")
-        if not any(part in _VISION_TOWER_NAMES for part in parts):
-            continue
-        found = True
-        if any(part in _PROJECTOR_NAMES for part in parts):
-            continue
-        parameter.requires_grad_(False)
-        frozen += parameter.numel()
-    if not found:
-        raise ValueError(
-            "Found no vision encoder (a submodule named "
-            + ", ".join(repr(name) for name in _VISION_TOWER_NAMES)
-            + f") in {type(model).__name__}."
-        )
-    return frozen
 
+    def __init__(self, collator: PRMCollator, fallback: dict[str, Any]):
+        self.collator, self.fallback = collator, fallback
 
-def apply_image_limits(processor: ProcessorMixin, max_pixels: int | None, max_tiles: int | None) -> None:
-    """
-    Cap image sizes on a processor in place: `max_pixels` for dynamic-resolution processors (Qwen2.5-VL's
-    `size["longest_edge"]`), `max_tiles` for tiling processors (InternVL's `max_patches`).
-
-    Raises a `ValueError` naming the option when the processor has no such setting.
-    """
-    image_processor = getattr(processor, "image_processor", None)
-    if max_pixels is not None:
-        size = getattr(image_processor, "size", None)
-        if size is None or "longest_edge" not in size:
-            raise ValueError(
-                f"`max_pixels` needs a dynamic-resolution image processor; {type(image_processor).__name__} has none. "
-                "Use `max_tiles` for tiling processors."
-            )
-        image_processor.size = {**dict(size), "longest_edge": max_pixels}
-    if max_tiles is not None:
-        if not hasattr(image_processor, "max_patches"):
-            raise ValueError(
-                f"`max_tiles` needs a tiling image processor; {type(image_processor).__name__} has none. "
-                "Use `max_pixels` for dynamic-resolution processors."
-            )
-        image_processor.max_patches = max_tiles
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch, _, failures = self.collator.collate_skipping(examples)
+        if batch is None:
+            batch = self.collator([self.fallback])
+            batch["labels"].fill_(-100.0)
+        batch["skipped"] = [(examples[i].get("row_index", i), reason, message) for i, reason, message in failures]
+        return batch
 
 
 class PRMTrainer(_BaseTrainer):
@@ -328,10 +151,11 @@ class PRMTrainer(_BaseTrainer):
     Trainer for vision-language process reward models (PRMs).
 
     This class is a wrapper around [`~transformers.Trainer`] (through TRL's base trainer). It takes rollouts in the HF
-    PRM format produced by the BIS pipeline (`image`, `question`, `steps`, `labels` and optionally `mc_scores`),
-    validates them before training, renders them with the model's processor in a [`PRMCollator`] and trains the
-    2-way `score` head at the step tokens. Evaluation reports loss, step accuracy and the F1 of positive and negative
-    steps.
+    PRM format produced by the BIS pipeline (`image`, `image_root`, `question`, `steps`, `labels` and optionally
+    `mc_scores`), checks every row before training, renders them with the model's processor in a [`PRMCollator`] and
+    trains the 2-way `score` head at the step tokens. Evaluation reports loss, step accuracy and the F1 of positive and
+    negative steps. Saving writes a model card (`README.md`) with the selection report, the training settings, the
+    rows left out and the evaluation scores.
 
     Args:
         model (`str` or [`~transformers.PreTrainedModel`]):
@@ -357,6 +181,11 @@ class PRMTrainer(_BaseTrainer):
             Overrides [`positive_probabilities`].
         peft_config ([`~peft.PeftConfig`], *optional*):
             Wraps the model in a PEFT model (use `task_type="TOKEN_CLS"` so the `score` head stays trainable).
+        dataset_name (`str`, *optional*):
+            Where the training data comes from (Hub id or path), for the model card.
+        selection_report (`dict`, *optional*):
+            The report of the selection that produced `train_dataset` (see [`~bis_prm.data.selection.subset_report`]),
+            for the model card.
 
     Example:
 
@@ -373,7 +202,7 @@ class PRMTrainer(_BaseTrainer):
     _paper = {
         "title": "Training Data Efficiency in Multimodal Process Reward Models",
         "id": "2602.11111",
-        "citation": _CITATION,
+        "citation": CITATION,
     }
 
     def __init__(
@@ -389,6 +218,8 @@ class PRMTrainer(_BaseTrainer):
         optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
         preprocess_logits_for_metrics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         peft_config: PeftConfig | None = None,
+        dataset_name: str | None = None,
+        selection_report: dict[str, Any] | None = None,
     ):
         # Args
         if args is None:
@@ -397,14 +228,23 @@ class PRMTrainer(_BaseTrainer):
         if train_dataset is None:
             raise ValueError("`train_dataset` is required.")
         if isinstance(train_dataset, IterableDataset):
-            raise TypeError("`train_dataset` must be a `datasets.Dataset`: the validation pass reads every row first.")
-
-        # Dataset validation comes first: bad data should fail in seconds, not after loading a 7B model
-        validate_prm_dataset(train_dataset, args, "train")
+            raise TypeError("`train_dataset` must be a `datasets.Dataset`: every row is checked before training.")
         eval_datasets = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
+        eval_datasets = {name: dataset for name, dataset in eval_datasets.items() if dataset is not None}
+
+        # Dataset
+        # Bad data should fail in seconds, not after loading a 7B model: missing columns raise, bad rows are dropped
+        check_columns(train_dataset, args, "train")
         for name, dataset in eval_datasets.items():
-            if dataset is not None:
-                validate_prm_dataset(dataset, args, name)
+            check_columns(dataset, args, name, hard_labels=True)
+        train_dataset, train_check = prepare_prm_dataset(train_dataset, args, "train")
+        checks = [train_check]
+        for name in list(eval_datasets):
+            eval_datasets[name], check = prepare_prm_dataset(eval_datasets[name], args, name, hard_labels=True)
+            checks.append(check)
+        for check in checks:
+            if check.num_dropped():
+                logger.warning(check.describe())
 
         # Model
         # A base VLM gets a freshly initialised head, so seed before creating it
@@ -442,18 +282,16 @@ class PRMTrainer(_BaseTrainer):
 
         # Data collator
         if data_collator is None:
-            data_collator = PRMCollator(
+            collator = PRMCollator(
                 processing_class, step_token=args.step_token, max_length=args.max_length, max_images=args.max_images
             )
+            data_collator = SkippingCollator(collator, fallback=train_dataset[0])
 
-        # Dataset
-        train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
-        eval_datasets = {
-            name: self._prepare_dataset(dataset, processing_class, args, name, hard_labels=True)
-            for name, dataset in eval_datasets.items()
-            if dataset is not None
-        }
-        eval_dataset = eval_datasets if isinstance(eval_dataset, dict) else eval_datasets.get("eval")
+        if (
+            args.train_sampling_strategy == "group_by_length"
+            and args.length_column_name not in train_dataset.column_names
+        ):
+            train_dataset = _with_lengths(train_dataset, processing_class, args)
 
         if compute_metrics is None:
             compute_metrics = compute_step_metrics
@@ -464,7 +302,7 @@ class PRMTrainer(_BaseTrainer):
             args=args,
             data_collator=data_collator,
             train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
+            eval_dataset=eval_datasets if isinstance(eval_dataset, dict) else eval_datasets.get("eval"),
             processing_class=processing_class,
             compute_metrics=compute_metrics,
             callbacks=callbacks,
@@ -474,67 +312,30 @@ class PRMTrainer(_BaseTrainer):
         # The PRM forward takes `num_items_in_batch` (see the module docstring); saying so makes the Trainer count the
         # labelled steps of all micro-batches of an optimizer step, whatever the forward signature looks like
         self.model_accepts_loss_kwargs = True
-        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.dataset_name, self.selection_report = dataset_name, selection_report
+        self.dataset_checks: dict[str, DatasetCheck] = {check.name: check for check in checks}
+        # rollouts skipped while collating, by mode: the rows of this process, and the count over all processes
+        self.skipped_rollouts: dict[str, list[tuple]] = {"train": [], "eval": []}
+        self._skipped_total = {"train": 0, "eval": 0}
+        # correct steps, labelled steps, micro-batches and skipped rollouts since the last log, kept on the device
+        self._counts: dict[str, torch.Tensor | None] = {"train": None, "eval": None}
+        self._first_batch = True
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
-
-    def _prepare_dataset(
-        self,
-        dataset: Dataset,
-        processing_class: ProcessorMixin,
-        args: PRMConfig,
-        dataset_name: str,
-        hard_labels: bool = False,
-    ) -> Dataset:
-        map_kwargs = {"num_proc": args.dataset_num_proc}
-        # Canonical column names, as the collator reads them
-        renames = {
-            args.dataset_image_field: "image",
-            args.dataset_question_field: "question",
-            args.dataset_steps_field: "steps",
-        }
-        labels_field, mc_field = args.dataset_labels_field, args.dataset_mc_scores_field
-        has_mc = mc_field in dataset.column_names
-        input_columns = [args.dataset_steps_field, labels_field if not has_mc else mc_field]
-        dataset = dataset.map(
-            _targets_batch,
-            batched=True,
-            input_columns=input_columns,
-            fn_kwargs={
-                "from_mc": has_mc,
-                "label_mode": "hard" if hard_labels else args.label_mode,
-                "tau": args.tau,
-            },
-            remove_columns=[labels_field] if labels_field in dataset.column_names else None,
-            desc=f"Computing {dataset_name} targets",
-            **map_kwargs,
-        )
-        dataset = dataset.cast_column("labels", Sequence(Value("float32")))
-        dataset = dataset.rename_columns({old: new for old, new in renames.items() if old != new})
-        if args.image_root and _holds_paths(dataset.features["image"]):
-            dataset = dataset.map(
-                _resolve_batch,
-                batched=True,
-                input_columns=["image"],
-                fn_kwargs={"image_root": args.image_root},
-                desc=f"Resolving {dataset_name} image paths",
-                **map_kwargs,
-            )
-        if args.train_sampling_strategy == "group_by_length" and args.length_column_name not in dataset.column_names:
-            tokenizer = getattr(processing_class, "tokenizer", processing_class)
-            dataset = dataset.map(
-                _lengths_batch,
-                batched=True,
-                input_columns=["question", "steps"],
-                fn_kwargs={"tokenizer": tokenizer, "column": args.length_column_name},
-                desc=f"Measuring {dataset_name} rollouts",
-                **map_kwargs,
-            )
-        return dataset
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         inputs.pop("num_steps", None)  # collator bookkeeping, not a model input
+        skipped = inputs.pop("skipped", [])
+        if skipped:
+            if mode == "train" and self._first_batch:
+                problems = "\n".join(f"  - row {row}: {reason}: {message}" for row, reason, message in skipped)
+                raise PRMDatasetError(f"The first training batch could not be rendered:\n{problems}")
+            self.skipped_rollouts[mode].extend(skipped)
+            for row, reason, message in skipped:
+                logger.warning(f"Skipped the {mode} rollout at row {row} ({reason}): {message}")
+        if mode == "train":
+            self._first_batch = False
         # The Trainer passes `num_items_in_batch` to the model and rescales the loss by the number of processes when
         # the count is global (`average_tokens_across_devices`), so DDP/DeepSpeed gradient averaging stays exact
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
@@ -544,22 +345,31 @@ class PRMTrainer(_BaseTrainer):
             mask = labels != -100
             predicted = outputs.logits[..., 0] >= outputs.logits[..., 1]
             correct = (predicted == (labels > 0.5))[mask].sum()
-            counts = self.accelerator.gather_for_metrics(torch.stack([correct, mask.sum()]).reshape(1, 2)).sum(0)
-            self._metrics[mode]["step_accuracy"].append((counts[0] / counts[1].clamp(min=1)).item())
-            if mode == "train":
-                self._metrics[mode]["num_steps"].append(counts[1].item())
+            # summed on the device; read (one sync) only when logging
+            counts = torch.stack(
+                [correct, mask.sum(), torch.ones_like(correct), torch.full_like(correct, len(skipped))]
+            )
+            self._counts[mode] = counts if self._counts[mode] is None else self._counts[mode] + counts
 
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
-        if mode == "eval":
-            # `compute_step_metrics` already reports the eval step accuracy over the whole split
-            metrics = {f"eval_{key}": value for key, value in metrics.items() if f"eval_{key}" not in logs}
-        logs.update(metrics)
+        counts = self._counts[mode]
+        if counts is not None:
+            correct, labelled, batches, skipped = self.accelerator.reduce(counts, reduction="sum").tolist()
+            metrics = {"step_accuracy": correct / max(labelled, 1)}
+            if mode == "train":
+                metrics["num_steps"] = labelled / max(batches / self.accelerator.num_processes, 1)
+            self._skipped_total[mode] += int(skipped)
+            if self._skipped_total[mode]:
+                metrics["rollouts_skipped"] = self._skipped_total[mode]
+            if mode == "eval":
+                # `compute_step_metrics` already reports the eval step accuracy over the whole split
+                metrics = {f"eval_{key}": value for key, value in metrics.items() if f"eval_{key}" not in logs}
+            logs.update(metrics)
+            self._counts[mode] = None
         super().log(logs, start_time)
-        self._metrics[mode].clear()
 
     def create_model_card(
         self,
@@ -571,39 +381,37 @@ class PRMTrainer(_BaseTrainer):
         visualprocessbench: dict[str, Any] | None = None,
     ) -> None:
         """
-        Write the model card `README.md` in `args.output_dir` from bis_prm's PRM template.
+        Write the model card `README.md` (and the facts it is made of) in `args.output_dir`.
 
         Args:
             model_name (`str`, *optional*):
-                Name of the model; defaults to the output directory's name.
+                Name of the model; defaults to the Hub model id or the output directory's name.
             dataset_name (`str`, *optional*):
-                The training data (Hub id or path).
+                The training data (Hub id or path); defaults to the trainer's `dataset_name`.
             tags (`str` or `list[str]`, *optional*):
                 Extra tags.
             selection (`dict`, *optional*):
-                BIS selection parameters (`method`, `ratio`, `alpha`, `tau`, `seed`) and the selection report.
+                The selection report; defaults to the trainer's `selection_report`.
             eval_results (`dict[str, float]`, *optional*):
-                Evaluation scores to put in the card.
+                Evaluation scores; defaults to the last evaluation logged.
             visualprocessbench (`dict`, *optional*):
                 VisualProcessBench metrics as written by `bis-prm eval` (`metrics.json`): the card's per-source
                 macro-F1 table. Without them the card says how to evaluate.
         """
         if not self.is_world_process_zero():
             return
-        model_path = getattr(self.model.config, "_name_or_path", None) or "unknown"
-        # A local path is no Hub reference: name it in the text, keep it out of the metadata
-        base_model = None if os.path.exists(model_path) or model_path == "unknown" else model_path
-        tags = {tags} if isinstance(tags, str) else set(tags or [])
-        tags.update(self._tag_names)
-        card_data = ModelCardData(
-            base_model=base_model,
-            datasets=[dataset_name] if dataset_name and not os.path.exists(dataset_name) else None,
-            library_name="transformers",
-            pipeline_tag="token-classification",
-            model_name=model_name or Path(self.args.output_dir).name,
-            tags=sorted(tags),
-        )
         args = self.args
+        if eval_results is None:
+            logged = [entry for entry in self.state.log_history if "eval_loss" in entry]
+            eval_results = logged[-1] if logged else {}
+        data_problems = {
+            name: ", ".join(f"{reason}: {n}" for reason, n in check.counts().items()) + " (dropped before training)"
+            for name, check in self.dataset_checks.items()
+            if check.num_dropped()
+        }
+        for mode, total in self._skipped_total.items():
+            if total:
+                data_problems[f"{mode} batches"] = f"{total} rollouts skipped while collating"
         training = {
             "learning_rate": args.learning_rate,
             "weight_decay": args.weight_decay,
@@ -618,26 +426,36 @@ class PRMTrainer(_BaseTrainer):
             "head": args.head,
             "step_token": args.step_token,
             "label_mode": args.label_mode,
-            "tau": args.tau,
             "max_length": args.max_length,
             "freeze_vision_tower": args.freeze_vision_tower,
             "seed": args.seed,
         }
-        card = ModelCard.from_template(
-            card_data,
-            template_path=str(_TEMPLATE_PATH),
-            model_id=args.hub_model_id or card_data.model_name,
-            base_model=model_path,
-            base_model_on_hub=base_model is not None,
-            dataset_name=dataset_name or "unknown",
-            selection=selection or {},
-            training=training,
-            eval_results={key: value for key, value in (eval_results or {}).items() if _is_score(key)},
-            step_token=args.step_token,
-            visualprocessbench=visualprocessbench or {},
-            citation=_CITATION,
+        model_id = args.hub_model_id or model_name or Path(args.output_dir).name
+        write_model_card(
+            args.output_dir,
+            {
+                "model_id": model_id,
+                "base_model": getattr(self.model.config, "_name_or_path", None),
+                "dataset_name": dataset_name or self.dataset_name,
+                "selection": selection or self.selection_report,
+                "training": training,
+                "eval_results": {key: value for key, value in eval_results.items() if isinstance(value, (int, float))},
+                "visualprocessbench": visualprocessbench,
+                "data_problems": data_problems,
+                "step_token": args.step_token,
+                "tags": [tags] if isinstance(tags, str) else list(tags or []),
+            },
         )
-        card.save(os.path.join(args.output_dir, "README.md"))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call and (output_dir is None or Path(output_dir) == Path(self.args.output_dir)):
+            self.create_model_card()
+
+    # The model card is kept up to date with every checkpoint, as TRL's trainers do
+    def _save_checkpoint(self, model, trial):
+        self.create_model_card()
+        super()._save_checkpoint(model, trial)
 
 
 @contextmanager
@@ -656,34 +474,31 @@ def _unpartitioned_loading(args: PRMConfig):
         args.deepspeed_plugin.set_deepspeed_weakref()
 
 
-def _is_score(metric_name: str) -> bool:
-    # Keep quality metrics in the card, not timings
-    return metric_name.endswith(("loss", "accuracy")) or "f1" in metric_name
+def _lengths_batch(batch: dict[str, list], processor, step_token: str, max_images: int | None) -> dict[str, list]:
+    # Module-level so that `datasets` can map it in several processes
+    rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+    return {"length": rollout_token_counts(processor, rows, step_token, max_images)}
 
 
-def _targets_batch(steps, values, from_mc: bool, label_mode: str, tau: float) -> dict[str, list[list[float]]]:
-    # Module-level so that `datasets` can fingerprint it and cache the mapped dataset
-    if from_mc:
-        return make_targets(steps, None, values, label_mode, tau)
-    return make_targets(steps, values, None, label_mode, tau)
-
-
-def _lengths_batch(questions, steps, tokenizer, column: str) -> dict[str, list[int]]:
-    return {column: rollout_lengths(questions, steps, tokenizer)["length"]}
-
-
-def _resolve_batch(images, image_root: str) -> dict[str, list]:
-    return {"image": [[resolve_image_path(path, image_root) for path in _as_list(row)] for row in images]}
+def _with_lengths(dataset: Dataset, processor, args: PRMConfig) -> Dataset:
+    """The dataset with a length column: total tokens of each rollout (text + image tokens, image sizes from the
+    file headers), so that `group_by_length` groups rollouts whose image tokens are alike too."""
+    lengths = dataset.select_columns(["image", "question", "steps"]).map(
+        _lengths_batch,
+        batched=True,
+        fn_kwargs={"processor": processor, "step_token": args.step_token, "max_images": args.max_images},
+        remove_columns=["image", "question", "steps"],
+        num_proc=args.dataset_num_proc,
+        desc="Measuring rollouts",
+    )
+    return dataset.add_column(args.length_column_name, lengths["length"])
 
 
 __all__ = [
     "PRMConfig",
     "PRMDatasetError",
     "PRMTrainer",
-    "apply_image_limits",
+    "SkippingCollator",
     "compute_step_metrics",
-    "freeze_vision_tower",
-    "make_targets",
     "positive_probabilities",
-    "validate_prm_dataset",
 ]

@@ -6,6 +6,7 @@ path as `accelerate launch recipes/train.py --config recipe.yaml`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import transformers
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from trl import ModelConfig, TrlParser
 
+from bis_prm.data.formats import read_selection_report
 from bis_prm.model.modeling_prm import prm_lora_config
 from bis_prm.training.prm_config import PRMConfig
 from bis_prm.training.prm_trainer import PRMTrainer
@@ -75,11 +77,41 @@ class ScriptArguments:
             raise ValueError(f"`eval_ratio` must be in [0, 1), got {self.eval_ratio}.")
 
 
+def _content_cache_dir(path: Path) -> str:
+    """A `datasets` cache folder named after the file's content: a subset edited in place (even with its modification
+    time kept) is read anew, where `datasets` alone would serve the cache of its old content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return str(Path(datasets.config.HF_DATASETS_CACHE) / "bis_prm" / "subsets" / digest.hexdigest()[:16])
+
+
+def _absolute_roots(dataset: DatasetDict, base: Path) -> DatasetDict:
+    """Resolve a relative `image_root` column against the subset's folder, where `write_subset` recorded it."""
+
+    def resolve(batch: dict[str, list]) -> dict[str, list]:
+        return {"image_root": [None if root is None else str(base / root) for root in batch["image_root"]]}
+
+    return DatasetDict(
+        {
+            split: ds.map(resolve, batched=True, input_columns=None, desc="Resolving image roots")
+            if "image_root" in ds.column_names
+            else ds
+            for split, ds in dataset.items()
+        }
+    )
+
+
 def load_prm_datasets(
     script_args: ScriptArguments, seed: int = 0, num_proc: int | None = None
 ) -> tuple[Dataset, Dataset | None, dict[str, Any] | None]:
     """
     Load (or select) the training rollouts and the evaluation split described by `script_args`.
+
+    A local subset written by `bis-prm select` is read with its `image_root` resolved against the subset's folder
+    (so subset and corpus can move together) and with its selection report (`<name>.selection.json`, for the model
+    card); its `datasets` cache is keyed on the file's content.
 
     Args:
         script_args ([`ScriptArguments`]):
@@ -99,19 +131,24 @@ def load_prm_datasets(
     ```
     """
     name = script_args.dataset_name
+    path = Path(name)
     report = None
     if script_args.selection is not None:
-        from bis_prm.data.selection import build_subset
+        from bis_prm.data.selection import run_selection
 
         # training reads the images: a Hub corpus needs its images.zip too
-        dataset, report = build_subset(name, **script_args.selection, num_proc=num_proc, download_images=True)
-        dataset = DatasetDict({script_args.dataset_train_split: dataset})
-    elif Path(name).suffix in _DATA_FILE_BUILDERS and os.path.isfile(name):
-        dataset = load_dataset(_DATA_FILE_BUILDERS[Path(name).suffix], data_files={"train": name})
-    elif any(os.path.isfile(os.path.join(name, marker)) for marker in ("state.json", "dataset_dict.json")):
+        selection = run_selection(name, **script_args.selection, num_proc=num_proc, download_images=True)
+        dataset, report = DatasetDict({script_args.dataset_train_split: selection.to_prm()}), selection.report
+    elif path.suffix in _DATA_FILE_BUILDERS and path.is_file():
+        dataset = load_dataset(
+            _DATA_FILE_BUILDERS[path.suffix], data_files={"train": name}, cache_dir=_content_cache_dir(path)
+        )
+        dataset, report = _absolute_roots(dataset, path.resolve().parent), read_selection_report(path)
+    elif any((path / marker).is_file() for marker in ("state.json", "dataset_dict.json")):
         dataset = load_from_disk(name)
         if isinstance(dataset, Dataset):
             dataset = DatasetDict({"train": dataset})
+        dataset, report = _absolute_roots(dataset, path.resolve()), read_selection_report(path)
     else:
         dataset = load_dataset(name, script_args.dataset_config)
 
@@ -155,9 +192,11 @@ def main(script_args: ScriptArguments, training_args: PRMConfig, model_args: Mod
     if model_args.model_name_or_path is None:
         raise ValueError("`model_name_or_path` is required: a base VLM or a saved PRM.")
 
-    train_dataset, eval_dataset, report = load_prm_datasets(
-        script_args, seed=training_args.seed, num_proc=training_args.dataset_num_proc
-    )
+    # the main process selects (or extracts a zipped corpus) first; the others then reuse its work
+    with training_args.main_process_first(desc="loading the training data"):
+        train_dataset, eval_dataset, report = load_prm_datasets(
+            script_args, seed=training_args.seed, num_proc=training_args.dataset_num_proc
+        )
     logger.info("Training on %d rollouts, evaluating on %s", len(train_dataset), eval_dataset and len(eval_dataset))
 
     model_init_kwargs = dict(training_args.model_init_kwargs or {})
@@ -176,6 +215,8 @@ def main(script_args: ScriptArguments, training_args: PRMConfig, model_args: Mod
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         peft_config=peft_config,
+        dataset_name=script_args.dataset_name,
+        selection_report=report,
     )
 
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -189,24 +230,14 @@ def main(script_args: ScriptArguments, training_args: PRMConfig, model_args: Mod
     # `from_pretrained`
     trainer.save_model(training_args.output_dir)
 
-    eval_results = {}
     if eval_dataset is not None:
         eval_results = trainer.evaluate()
         trainer.log_metrics("eval", eval_results)
         trainer.save_metrics("eval", eval_results)
         metrics.update(eval_results)
-
-    selection = None
-    if script_args.selection is not None:
-        selection = {**script_args.selection, "report": report}
-    card_kwargs = {
-        "dataset_name": script_args.dataset_name,
-        "selection": selection,
-        "eval_results": {key: value for key, value in eval_results.items() if isinstance(value, (int, float))},
-    }
-    trainer.create_model_card(**card_kwargs)
+        trainer.create_model_card()  # now with the evaluation scores
     if training_args.push_to_hub:
-        trainer.push_to_hub(**card_kwargs)
+        trainer.push_to_hub()
     return metrics
 
 

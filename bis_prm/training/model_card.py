@@ -1,0 +1,110 @@
+"""The model card of a trained PRM: `README.md` rendered from bis_prm's template, and the facts it is made of.
+
+The facts (base model, data and selection report, training settings, rows left out, evaluation scores) are kept in
+`bis_prm_card.json` next to the weights, so that a later step can add to the card without the trainer: the
+quickstart adds its VisualProcessBench table with [`update_model_card`] after evaluating.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+__all__ = ["CARD_FACTS", "TEMPLATE_PATH", "update_model_card", "write_model_card"]
+
+TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
+CARD_FACTS = "bis_prm_card.json"
+
+CITATION = """\
+@article{bis_prm_2026,
+  title   = {{Training Data Efficiency in Multimodal Process Reward Models}},
+  journal = {arXiv preprint arXiv:2602.11111},
+  year    = {2026}
+}"""
+TAGS = ("trl", "prm", "bis-prm")
+
+
+def _is_score(metric_name: str) -> bool:
+    # Keep quality metrics in the card, not timings
+    return metric_name.endswith(("loss", "accuracy")) or "f1" in metric_name
+
+
+def write_model_card(output_dir: str | os.PathLike, facts: dict[str, Any]) -> Path:
+    """
+    Render `README.md` in `output_dir` from the template and save the `facts` it was made of.
+
+    Args:
+        output_dir (`str` or `os.PathLike`):
+            The trained PRM's folder.
+        facts (`dict`):
+            `model_id`, `base_model` (id or path), `dataset_name`, `selection` (the selection report, with its
+            `params`), `training` (settings shown as a table), `step_token`, and optionally `eval_results`,
+            `visualprocessbench` (the metrics of `bis-prm eval`), `data_problems` (rows left out, per dataset) and
+            `tags`.
+
+    Returns:
+        `Path`: the card.
+
+    Example:
+
+    ```python
+    >>> write_model_card("my-prm", {"model_id": "my-prm", "base_model": "Qwen/Qwen2.5-VL-7B-Instruct", ...})
+    PosixPath('my-prm/README.md')
+    ```
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    base_model = facts.get("base_model") or "unknown"
+    # A local path is no Hub reference: name it in the text, keep it out of the metadata
+    on_hub = not os.path.exists(base_model) and base_model != "unknown"
+    dataset_name = facts.get("dataset_name") or "unknown"
+    card_data = ModelCardData(
+        base_model=base_model if on_hub else None,
+        datasets=[dataset_name] if dataset_name != "unknown" and not os.path.exists(dataset_name) else None,
+        library_name="transformers",
+        pipeline_tag="token-classification",
+        model_name=facts.get("model_id") or output_dir.name,
+        tags=sorted({*TAGS, *facts.get("tags", [])}),
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE_PATH),
+        model_id=facts.get("model_id") or output_dir.name,
+        base_model=base_model,
+        base_model_on_hub=on_hub,
+        dataset_name=dataset_name,
+        selection=facts.get("selection") or {},
+        training=facts.get("training") or {},
+        eval_results={key: value for key, value in (facts.get("eval_results") or {}).items() if _is_score(key)},
+        step_token=facts.get("step_token", "<prm>"),
+        visualprocessbench=facts.get("visualprocessbench") or {},
+        data_problems=facts.get("data_problems") or {},
+        citation=CITATION,
+    )
+    (output_dir / CARD_FACTS).write_text(json.dumps(facts, indent=2, default=str) + "\n", encoding="utf-8")
+    path = output_dir / "README.md"
+    card.save(path)
+    return path
+
+
+def update_model_card(output_dir: str | os.PathLike, **updates: Any) -> Path:
+    """
+    Add facts to the card of a PRM trained by bis_prm (e.g. `visualprocessbench=metrics` after `bis-prm eval`) and
+    render it again.
+
+    Example:
+
+    ```python
+    >>> update_model_card("my-prm", visualprocessbench=json.load(open("eval/metrics.json")))
+    PosixPath('my-prm/README.md')
+    ```
+    """
+    facts_file = Path(output_dir) / CARD_FACTS
+    if not facts_file.is_file():
+        raise FileNotFoundError(f"{facts_file} not found: {output_dir} was not saved by PRMTrainer")
+    facts = json.loads(facts_file.read_text(encoding="utf-8"))
+    return write_model_card(output_dir, {**facts, **updates})
