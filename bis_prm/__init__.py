@@ -1,16 +1,17 @@
-"""bis_prm: Balanced-Information Score data selection and training for multimodal process reward models.
+"""bis_prm: Balanced-Information Score data selection and training for process reward models.
 
-`import bis_prm` is light (no torch): the public names below are imported on first use, the PRM classes are
-registered with `AutoModelForTokenClassification` as soon as transformers' auto classes are loaded
-(`bis_prm.auto_registration`), and the `visualprocessbench` metric is put into evaluate's modules cache so that
-`evaluate.load("visualprocessbench")` resolves offline (set `BIS_PRM_NO_METRIC_INSTALL=1` to skip that).
+`import bis_prm` registers the PRM classes of the vision-language backbones with `AutoModelForTokenClassification`
+(importing `bis_prm.model.modeling_prm`, which calls transformers' `register`), so that
+`AutoModelForTokenClassification.from_pretrained(path)` loads a saved PRM, and makes sure the `visualprocessbench`
+metric resolves by its bare name offline (see `bis_prm.evaluation.metrics.install`; `BIS_PRM_NO_METRIC_INSTALL=1`
+skips that). The other public names are imported on first use.
 """
 
 import importlib
 import os
+import sys
 import warnings
-
-from bis_prm.auto_registration import register_prm_auto_classes
+from pathlib import Path
 
 __version__ = "0.1.0.dev0"
 
@@ -28,14 +29,14 @@ _EXPORTS = {
     "build_dataset_card": "bis_prm.data.dataset_card",
     "push_subset_to_hub": "bis_prm.data.dataset_card",
     # model: VLM -> step-level PRM
-    "GenericPRMForTokenClassification": "bis_prm.model.modeling_prm",
     "Qwen2_5_VLForTokenClassification": "bis_prm.model.modeling_prm",
+    "Qwen2VLForTokenClassification": "bis_prm.model.modeling_prm",
     "InternVLForTokenClassification": "bis_prm.model.modeling_prm",
     "LlavaForTokenClassification": "bis_prm.model.modeling_prm",
     "add_step_token": "bis_prm.model.modeling_prm",
     "load_prm": "bis_prm.model.modeling_prm",
     "prm_lora_config": "bis_prm.model.modeling_prm",
-    "register_prm_architecture": "bis_prm.model.modeling_prm",
+    "prm_loss": "bis_prm.model.modeling_prm",
     "PRMCollator": "bis_prm.model.processing_prm",
     "render_prompt": "bis_prm.model.processing_prm",
     "tile_images": "bis_prm.model.processing_prm",
@@ -62,7 +63,7 @@ _EXPORTS = {
     "best_of_n": "bis_prm.evaluation.best_of_n",
 }
 
-__all__ = ["__version__", "register_prm_auto_classes", *_EXPORTS]
+__all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str):
@@ -71,7 +72,16 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-register_prm_auto_classes()
+def _started_as_the_command_line() -> bool:
+    # `bis-prm ...` and `python -m bis_prm ...` import what each sub-command needs: `eval`, `train`, ... load the
+    # model code themselves, and `select` never pays the seconds torch and the backbones take to import
+    argv = getattr(sys, "orig_argv", sys.argv)
+    as_module = "-m" in argv and argv.index("-m") + 1 < len(argv) and argv[argv.index("-m") + 1] == "bis_prm"
+    return as_module or Path(sys.argv[0]).name in ("bis-prm", "bis-prm.exe")
+
+
+if not _started_as_the_command_line():
+    importlib.import_module("bis_prm.model.modeling_prm")
 
 if not os.environ.get("BIS_PRM_NO_METRIC_INSTALL"):
     from bis_prm.evaluation.metrics import install_metric

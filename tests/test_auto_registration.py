@@ -1,7 +1,10 @@
-"""`import bis_prm` stays light and still makes `AutoModelForTokenClassification` load saved PRMs."""
+"""`import bis_prm` makes `AutoModelForTokenClassification` load saved PRMs, with transformers' own `register`; the
+`bis-prm` command line imports torch only in the sub-commands that need it."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -9,13 +12,7 @@ from bis_prm.model.modeling_prm import load_prm
 from tests.utils import tiny_base
 
 IMPORTS = {
-    # transformers' auto classes loaded after bis_prm: the import hook registers, and torch was not needed before
-    "bis_prm first": (
-        "import bis_prm\n"
-        "assert 'torch' not in sys.modules, 'import bis_prm imported torch'\n"
-        "from transformers import AutoModelForTokenClassification\n"
-    ),
-    # already loaded: registered at import
+    "bis_prm first": "import bis_prm\nfrom transformers import AutoModelForTokenClassification\n",
     "transformers first": "from transformers import AutoModelForTokenClassification\nimport bis_prm\n",
 }
 LOAD = (
@@ -36,9 +33,20 @@ def saved_prm(tmp_path_factory):
 @pytest.mark.parametrize("order", IMPORTS)
 def test_auto_class_loads_saved_prm_after_import(saved_prm, order):
     script = "import sys\n" + IMPORTS[order] + LOAD
-    env = {"HF_HUB_OFFLINE": "1", "BIS_PRM_NO_METRIC_INSTALL": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BIS_PRM_NO_METRIC_INSTALL": "1"}
     result = subprocess.run(
         [sys.executable, "-c", script, str(saved_prm)], capture_output=True, text=True, env=env, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["Qwen2_5_VLForTokenClassification", "linear", "<prm>"]
+
+
+@pytest.mark.parametrize("entry", ["console script", "python -m"])
+def test_data_commands_do_not_import_torch(entry, tmp_path):
+    script = Path(sys.executable).parent / "bis-prm"
+    command = [str(script)] if entry == "console script" else [sys.executable, "-m", "bis_prm"]
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "HF_MODULES_CACHE": str(tmp_path)}
+    result = subprocess.run([*command, "select", "--help"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and "(p_pos * (1 - p_pos) + alpha) * R" in result.stdout, result.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "bis_prm.data.selection" in imported and "torch" not in imported and "transformers" not in imported

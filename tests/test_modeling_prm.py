@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,19 +12,20 @@ from transformers import (
     AutoProcessor,
     PreTrainedTokenizerFast,
 )
+from transformers.modeling_layers import GenericForTokenClassification
 from transformers.modeling_outputs import TokenClassifierOutput
 
-import bis_prm.model.modeling_prm as modeling_prm
 from bis_prm.model.inference import score_steps
 from bis_prm.model.modeling_prm import (
-    GenericPRMForTokenClassification,
     InternVLForTokenClassification,
     LlavaForTokenClassification,
     Qwen2_5_VLForTokenClassification,
+    Qwen2VLForTokenClassification,
     load_prm,
+    prm_class_for,
     prm_lora_config,
     prm_loss,
-    register_prm_architecture,
+    yes_no_token_ids,
 )
 from bis_prm.model.processing_prm import PRMCollator
 from tests.utils import rollouts, soft, step_logits, tiny_base
@@ -31,30 +34,31 @@ CLASSES = {
     "qwen2_5_vl": Qwen2_5_VLForTokenClassification,
     "internvl": InternVLForTokenClassification,
     "llava": LlavaForTokenClassification,
+    "qwen2_vl": Qwen2VLForTokenClassification,
 }
+
+
+def model_inputs(batch: dict) -> dict:
+    return {key: value for key, value in batch.items() if key not in ("labels", "num_steps")}
 
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "internvl", "llava", "qwen2_vl"])
 def test_load_prm_creates_prm_with_config(arch, tmp_path_factory):
     model, processor = load_prm(tiny_base(arch, tmp_path_factory), head="linear")
-    if arch == "qwen2_vl":  # no explicit class: created and registered on the fly by the generic path
-        assert type(model) is modeling_prm.Qwen2VLForTokenClassification
-    else:
-        assert type(model) is CLASSES[arch]
-    assert isinstance(model, GenericPRMForTokenClassification)
+    assert type(model) is CLASSES[arch] and isinstance(model, GenericForTokenClassification)
     config = model.config
     assert (config.prm_head, config.step_token, config.num_labels) == ("linear", "<prm>", 2)
     assert config.step_token_id == processor.tokenizer.convert_tokens_to_ids("<prm>")
-    assert config.prm_base_architecture == type(model).base_model_class.__name__
     assert (
         config.prm_base_architecture == AutoConfig.from_pretrained(tiny_base(arch, tmp_path_factory)).architectures[0]
     )
+    assert config.architectures == [CLASSES[arch].__name__] and config.classifier_dropout == 0.0
     assert model.get_input_embeddings().num_embeddings > config.step_token_id
     assert model.score.weight.shape == (2, config.get_text_config().hidden_size)
     assert not model.training
-    # What the Trainer reads: count every labelled position (no causal shift) and pass `num_items_in_batch`.
+    # What the Trainer reads: count every labelled position (no causal shift)
     assert model.loss_type == "ForTokenClassification"
-    assert model.accepts_loss_kwargs
+    assert not any("lm_head" in name for name, _ in model.named_parameters())
 
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen2_5_vl-tied", "internvl", "llava", "qwen2_vl"])
@@ -68,9 +72,8 @@ def test_yes_no_head_equals_restricted_lm_logits(arch, tmp_path_factory):
     base.get_input_embeddings().weight.data.copy_(model.get_input_embeddings().weight)
     batch = PRMCollator(processor)(rollouts())
     step_id = model.config.step_token_id
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "num_steps")}
     with torch.no_grad():
-        lm_logits = base(**inputs).logits
+        lm_logits = base(**model_inputs(batch)).logits
     yes, no = (processor.tokenizer.convert_tokens_to_ids(token) for token in ("Yes", "No"))
     prm = step_logits(model, batch, step_id)
     for row in range(len(prm)):
@@ -78,29 +81,59 @@ def test_yes_no_head_equals_restricted_lm_logits(arch, tmp_path_factory):
         torch.testing.assert_close(prm[row], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_auto_class_creates_and_rejects(tmp_path_factory):
+def test_the_auto_class_loads_a_saved_prm_with_stock_from_pretrained(tmp_path_factory, tmp_path):
     base_path = tiny_base("qwen2_5_vl", tmp_path_factory)
-    model = AutoModelForTokenClassification.from_pretrained(base_path, head="yes_no", step_token="<prm>")
-    reference, _ = load_prm(base_path, head="yes_no")
-    assert type(model) is Qwen2_5_VLForTokenClassification
-    assert model.config.step_token_id == reference.config.step_token_id
-    torch.testing.assert_close(model.score.weight, reference.score.weight)
-    with pytest.raises(ValueError, match="pass head='yes_no' or head='linear'"):
-        AutoModelForTokenClassification.from_pretrained(base_path)
+    model, processor = load_prm(base_path, head="yes_no")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = AutoModelForTokenClassification.from_pretrained(tmp_path)
+    assert type(loaded) is Qwen2_5_VLForTokenClassification and loaded.config.prm_head == "yes_no"
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
     with pytest.raises(ValueError, match="head must be one of"):
         load_prm(base_path, head="regression")
 
 
-def test_yes_no_needs_single_tokens(tmp_path_factory):
+def test_a_base_checkpoint_in_its_hub_layout_loads_the_same_weights(tmp_path_factory, tmp_path):
+    """The Hub's Qwen2.5-VL checkpoints keep the v4 layout (`visual.*`, `model.layers.*`): the PRM class renames them
+    as `Qwen2_5_VLForConditionalGeneration` does, so nothing is left randomly initialised."""
+    from safetensors.torch import load_file, save_file
+
+    base_path = tiny_base("qwen2_5_vl", tmp_path_factory)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    for name in os.listdir(base_path):
+        if name != "model.safetensors":
+            os.symlink(base_path / name, legacy / name)
+    weights = load_file(base_path / "model.safetensors")
+    renamed = {
+        key.replace("model.language_model.", "model.").replace("model.visual.", "visual."): value
+        for key, value in weights.items()
+    }
+    assert any(key.startswith("visual.") for key in renamed) and not any("language_model" in key for key in renamed)
+    save_file(renamed, legacy / "model.safetensors", metadata={"format": "pt"})
+    torch.manual_seed(0)
+    expected, _ = load_prm(base_path, head="yes_no")
+    torch.manual_seed(1)  # a weight left to its random initialisation would differ
+    model, _ = load_prm(legacy, head="yes_no")
+    for (name, a), (_, b) in zip(expected.state_dict().items(), model.state_dict().items(), strict=True):
+        torch.testing.assert_close(b, a, msg=name)
+
+
+def test_yes_no_needs_single_tokens():
     # A byte-level tokenizer without merges splits every word into bytes.
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     backend = Tokenizer(models.BPE(vocab={char: i for i, char in enumerate(sorted(alphabet))}, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
     with pytest.raises(ValueError, match="'Yes' -> 3 tokens, 'No' -> 2 tokens; use head='linear'"):
-        Qwen2_5_VLForTokenClassification.from_pretrained(
-            tiny_base("qwen2_5_vl", tmp_path_factory), head="yes_no", tokenizer=tokenizer
-        )
+        yes_no_token_ids(tokenizer)
+
+
+def test_prm_class_for_names_the_way_to_add_a_backbone():
+    assert prm_class_for(AutoConfig.for_model("qwen2_vl")) is Qwen2VLForTokenClassification
+    with pytest.raises(ValueError, match=r"class Blip2ForTokenClassification\(GenericForTokenClassification"):
+        prm_class_for(AutoConfig.for_model("blip-2"))
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +145,10 @@ def test_loss_uses_exactly_the_step_positions(qwen_prm):
     model, processor = qwen_prm
     examples = soft(rollouts())
     batch = PRMCollator(processor)(examples)
-    output = model(**batch)
+    output = model(**model_inputs(batch))
     assert isinstance(output, TokenClassifierOutput)
     assert output.logits.shape == (*batch["input_ids"].shape, 2)
+    loss = prm_loss(output.logits, batch["labels"])
 
     # Hand computation over the step tokens, in step order.
     step_id = model.config.step_token_id
@@ -124,9 +158,10 @@ def test_loss_uses_exactly_the_step_positions(qwen_prm):
         target = torch.tensor(example["labels"])
         terms.append(-(target * log_probs[:, 0] + (1 - target) * log_probs[:, 1]))
     terms = torch.cat(terms).detach()
-    torch.testing.assert_close(output.loss.detach(), terms.mean())
+    torch.testing.assert_close(loss.detach(), terms.mean())
     n = len(terms)
-    torch.testing.assert_close(model(**batch, num_items_in_batch=3 * n).loss.detach(), terms.sum() / (3 * n))
+    summed = prm_loss(output.logits, batch["labels"], num_items_in_batch=3 * n)
+    torch.testing.assert_close(summed.detach(), terms.sum() / (3 * n))
 
     # Perturbing one label changes exactly that position's term.
     perturbed = [dict(ex, labels=list(ex["labels"])) for ex in examples]
@@ -138,8 +173,8 @@ def test_loss_uses_exactly_the_step_positions(qwen_prm):
     log_probs = F.log_softmax(output.logits[1, step_positions[2]].detach(), dim=-1)
     term_delta = -(0.0 * log_probs[0] + 1.0 * log_probs[1]) - terms[2 + 2]  # rollout 0 has 2 steps
     with torch.no_grad():
-        new_loss = model(**new_batch).loss
-    torch.testing.assert_close(new_loss * n - output.loss.detach() * n, term_delta, rtol=1e-4, atol=1e-5)
+        new_loss = prm_loss(model(**model_inputs(new_batch)).logits, new_batch["labels"])
+    torch.testing.assert_close(new_loss * n - loss.detach() * n, term_delta, rtol=1e-4, atol=1e-5)
 
     # Labels off the step tokens must be -100: a label anywhere else is ignored only if it is -100.
     assert prm_loss(output.logits, torch.full_like(batch["labels"], -100.0)).item() == 0.0
@@ -153,7 +188,7 @@ def overfit(model, processor, examples, steps=40, lr=3e-3):
     model.train()
     losses = []
     for _ in range(steps):
-        loss = model(**batch).loss
+        loss = prm_loss(model(**model_inputs(batch)).logits, batch["labels"])
         losses.append(loss.item() - floor.item())  # excess over the targets' entropy (0 for hard labels)
         loss.backward()
         optimizer.step()
@@ -217,16 +252,3 @@ def test_lora_merged_round_trip(tmp_path_factory, tmp_path):
     actual = score_steps(loaded, loaded_processor, rollouts())
     for got, want in zip(actual, expected, strict=True):
         assert got == pytest.approx(want, abs=1e-5)
-
-
-def test_register_any_image_text_to_text_architecture():
-    prm_class = register_prm_architecture("idefics3")
-    assert prm_class.__name__ == "Idefics3ForTokenClassification"
-    assert prm_class.base_model_class.__name__ == "Idefics3ForConditionalGeneration"
-    assert modeling_prm.Idefics3ForTokenClassification is prm_class
-    assert register_prm_architecture("idefics3") is prm_class
-    assert register_prm_architecture("qwen2_5_vl") is Qwen2_5_VLForTokenClassification
-    with pytest.raises(ValueError, match="'bert' is not an AutoModelForImageTextToText"):
-        register_prm_architecture("bert")
-    with pytest.raises(ValueError, match="Blip2ForConditionalGeneration does not keep its backbone under `model`"):
-        register_prm_architecture("blip-2")

@@ -148,26 +148,24 @@ def test_bad_threshold():
         compute_visualprocessbench([[0.1]], [[1]], ["MMMU"], threshold="best")
 
 
-def test_install_metric_is_idempotent_and_newest(tmp_path):
-    path = install_metric(tmp_path)
+def test_install_metric_once_and_atomically(tmp_path):
     source = open(VISUALPROCESSBENCH, encoding="utf-8").read()
     metric_dir = tmp_path / "evaluate_modules" / "metrics" / "evaluate-metric--visualprocessbench"
-    assert path == str(metric_dir / script_hash(source) / "visualprocessbench.py")
-    assert open(path, encoding="utf-8").read() == source
-    hash_dir = metric_dir / script_hash(source)
-    packages = [tmp_path, tmp_path / "evaluate_modules", metric_dir.parent, metric_dir, hash_dir]
-    for package in packages:
-        assert (package / "__init__.py").is_file()
-    os.utime(path, (1, 1))
-    older = metric_dir / ("0" * 64)
-    older.mkdir()
+    older = metric_dir / ("0" * 64)  # what an older bis_prm left behind
+    older.mkdir(parents=True)
     (older / "visualprocessbench.py").write_text("# an older version\n")
     os.utime(older / "visualprocessbench.py", (2, 2))
-    assert install_metric(tmp_path) == path
-    assert os.stat(path).st_mtime > 2  # touched: evaluate picks the most recently modified hash
+    path = install_metric(tmp_path)
+    hash_dir = metric_dir / script_hash(source)
+    assert path == str(hash_dir / "visualprocessbench.py") and open(path, encoding="utf-8").read() == source
+    assert json.loads((hash_dir / "visualprocessbench.json").read_text())["local file path"] == path
+    for package in [tmp_path, tmp_path / "evaluate_modules", metric_dir.parent, metric_dir, hash_dir]:
+        assert (package / "__init__.py").is_file()
+    assert os.stat(path).st_mtime > 2  # evaluate picks the most recently modified hash: ours
     mtime = os.stat(path).st_mtime_ns
-    install_metric(tmp_path)
-    assert os.stat(path).st_mtime_ns == mtime  # already installed and newest: nothing written
+    assert install_metric(tmp_path) == path
+    assert os.stat(path).st_mtime_ns == mtime  # installed once: nothing written again
+    assert sorted(p.name for p in metric_dir.iterdir()) == ["0" * 64, "__init__.py", script_hash(source)]
 
 
 def test_evaluate_load_by_path_and_bare_name_offline(tmp_path):

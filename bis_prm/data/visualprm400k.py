@@ -26,13 +26,13 @@ import functools
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import re
 import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -415,7 +415,6 @@ def _extract_once(archives: Iterable[Path], key: str, cache_dir: str | os.PathLi
     (atomic); the others wait for the lock and reuse the folder. A folder without the completion marker (an
     extraction killed half-way by an earlier version) is replaced.
     """
-    # imported here (and below) so that the file-reading worker processes start without `datasets`
     import datasets
     from filelock import FileLock
 
@@ -530,7 +529,7 @@ def read_annotations(
         annotations_dir (`str` or `os.PathLike`):
             Directory holding the `<source>.jsonl` files.
         num_proc (`int`, *optional*):
-            Number of worker processes; files are distributed over them and results kept in sorted file order.
+            Number of files read at once (threads); results are kept in sorted file order.
         progress (`bool`, *optional*, defaults to `True`):
             Show a progress bar over files.
         image_root (`str` or `os.PathLike`, *optional*):
@@ -550,9 +549,9 @@ def read_annotations(
     if num_proc is None or num_proc <= 1 or len(files) == 1:
         tables = [read(path) for path in tqdm(files, **bar)]
     else:
-        # spawn: forking a process that already runs Arrow threads can deadlock
-        with multiprocessing.get_context("spawn").Pool(min(num_proc, len(files))) as pool:
-            tables = list(tqdm(pool.imap(read, files), **bar))
+        # threads: Arrow's C++ reader, which does most of the work, releases the GIL
+        with ThreadPoolExecutor(min(num_proc, len(files))) as pool:
+            tables = list(tqdm(pool.map(read, files), **bar))
     return pa.concat_tables(tables)
 
 

@@ -1,63 +1,65 @@
-"""Step-level process reward models on top of any `transformers` image-text-to-text backbone.
+"""Step-level process reward models: a backbone's base model plus a 2-row linear head `score` at the step tokens.
 
-A PRM is the backbone's base model (`model`) plus a 2-row linear head `score` (row 0: positive / "Yes", row 1:
-negative / "No") applied to the last hidden state. Only the positions of the step token (`<prm>`) are trained and
-read. `head="yes_no"` initialises `score` from the language-model head's "Yes"/"No" rows, which computes exactly the
-LM logits restricted to those two tokens (VisualPRM); `head="linear"` initialises it randomly (Qwen2.5-Math-PRM).
+A PRM is transformers' own token-classification pattern, `<Arch>ForTokenClassification(GenericForTokenClassification,
+<Arch>PreTrainedModel)`: the base model under `model` and a head `score` (row 0: positive / "Yes", row 1: negative /
+"No") on the last hidden state. Text LMs have such classes in transformers already (`Qwen2ForTokenClassification`,
+`LlamaForTokenClassification`, ...); this module adds them for the vision-language backbones and registers them with
+`AutoModelForTokenClassification`, so every PRM loads with transformers' own `from_pretrained`. Only the positions of
+the step token (`<prm>`) are trained and read, with [`prm_loss`] (the trainer's loss).
 
-The classes follow transformers' task-head pattern, `<Arch>ForTokenClassification(<mixin>, <Arch>PreTrainedModel)`
-with `base_model_prefix = "model"`, so a base `<Arch>ForConditionalGeneration` checkpoint's `model.*` weights load
-straight in, and they are registered with `AutoModelForTokenClassification` when this module is imported.
+[`load_prm`] creates a PRM from a base checkpoint in one explicit step: the stock `from_pretrained` of the PRM class
+builds it (under DeepSpeed ZeRO-3 inside `zero.Init`, each rank holding its shard), then `head="yes_no"` sets `score`
+from the LM head's "Yes"/"No" rows, read from the checkpoint's safetensors without materialising the LM head: the PRM
+then computes exactly the LM logits restricted to those two tokens (VisualPRM). `head="linear"` keeps the random
+initialisation of a new head (Qwen2.5-Math-PRM).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-import sys
 
 import torch
 import torch.nn.functional as F
 from tokenizers import AddedToken
-from torch import nn
 from transformers import (
+    MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING,
     AutoConfig,
-    AutoModel,
-    AutoModelForImageTextToText,
     AutoModelForTokenClassification,
     AutoProcessor,
-    AutoTokenizer,
     InternVLConfig,
-    InternVLForConditionalGeneration,
     InternVLPreTrainedModel,
     LlavaConfig,
-    LlavaForConditionalGeneration,
     LlavaPreTrainedModel,
-    PreTrainedModel,
     Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLPreTrainedModel,
+    Qwen2VLConfig,
+    Qwen2VLPreTrainedModel,
 )
-from transformers.modeling_outputs import TokenClassifierOutput
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.modeling_layers import GenericForTokenClassification
+from transformers.utils import cached_file
 
 __all__ = [
     "PRM_HEADS",
-    "GenericPRMForTokenClassification",
     "InternVLForTokenClassification",
     "LlavaForTokenClassification",
+    "Qwen2VLForTokenClassification",
     "Qwen2_5_VLForTokenClassification",
     "add_step_token",
     "load_prm",
-    "prm_lora_config",
     "prm_class_for",
+    "prm_config",
+    "prm_lora_config",
     "prm_loss",
-    "register_prm_architecture",
     "yes_no_token_ids",
 ]
 
 PRM_HEADS = ("yes_no", "linear")
 ID2LABEL = {0: "positive", 1: "negative"}
-# Hub/cache arguments that must reach the config and tokenizer loaders too, not only the model's.
+# Hub/cache arguments that must reach the config, processor and checkpoint-file loaders too, not only the model's.
 _HUB_KWARGS = (
     "cache_dir",
     "force_download",
@@ -145,226 +147,53 @@ def add_step_token(tokenizer, step_token: str = "<prm>") -> int:
     return tokenizer.convert_tokens_to_ids(step_token)
 
 
-class GenericPRMForTokenClassification:
-    """
-    Mixin turning a VLM backbone into a step-level PRM; combine with the backbone's `PreTrainedModel` class.
+class _SavedInItsOwnLayout:
+    """Save the weights under the names the PRM has, not under the Hub's v4 names of its base checkpoint."""
 
-    The config is the backbone's own, with the PRM settings `prm_head`, `step_token`, `step_token_id`,
-    `prm_base_architecture`, `num_labels=2` and `id2label`. `forward` returns a
-    [`~transformers.modeling_outputs.TokenClassifierOutput`] with `logits` `[batch, seq, 2]` and, given float
-    `labels` (`-100` off the step tokens), the loss of [`prm_loss`].
-    """
-
-    base_model_prefix = "model"
-    # The loss divides by the Trainer's `num_items_in_batch` itself (some backbones' classes set this to False).
-    accepts_loss_kwargs = True
-    # The checkpoint class this PRM is built from, e.g. `Qwen2_5_VLForConditionalGeneration`.
-    base_model_class: type[PreTrainedModel]
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.num_labels = 2
-        self.model = AutoModel.from_config(config)
-        # No dropout before the head: a yes_no head must equal the restricted LM logits exactly.
-        self.score = nn.Linear(config.get_text_config().hidden_size, 2)
-        self.post_init()
-
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.model.set_input_embeddings(value)
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        num_items_in_batch: int | torch.Tensor | None = None,
-        **kwargs,
-    ) -> TokenClassifierOutput:
-        r"""
-        labels (`torch.FloatTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Target P(positive) at the step-token positions, `-100` elsewhere.
-        num_items_in_batch (`int`, *optional*):
-            Labelled positions in the accumulated batch (passed by the `Trainer`); see [`prm_loss`].
-        """
-        kwargs.setdefault("use_cache", False)
-        kwargs.pop("num_steps", None)  # collator bookkeeping, not a model input
-        kwargs.pop("return_dict", None)  # PEFT passes it; the output is always a TokenClassifierOutput
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        logits = self.score(outputs.last_hidden_state)
-        loss = prm_loss(logits, labels, num_items_in_batch) if labels is not None else None
-        return TokenClassifierOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=getattr(outputs, "hidden_states", None),
-            attentions=getattr(outputs, "attentions", None),
-        )
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike,
-        *model_args,
-        head: str | None = None,
-        step_token: str = "<prm>",
-        tokenizer=None,
-        **kwargs,
-    ):
-        """
-        Load a saved PRM, or create one from a base VLM checkpoint when `head` is given.
-
-        Args:
-            pretrained_model_name_or_path (`str` or `os.PathLike`):
-                A saved PRM, or a base `...ForConditionalGeneration` checkpoint.
-            head (`str`, *optional*):
-                `"yes_no"` or `"linear"`; creates a new PRM from a base checkpoint. For a saved PRM it must be
-                `None` or its own head.
-            step_token (`str`, *optional*, defaults to `"<prm>"`):
-                Step token added to the tokenizer when creating a PRM.
-            tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*):
-                Tokenizer to add the step token to when creating a PRM (loaded from the checkpoint if omitted). Pass
-                your processor's tokenizer to keep both consistent, or use [`load_prm`].
-            **kwargs:
-                Passed to `PreTrainedModel.from_pretrained` (`dtype`, `device_map`, `revision`, ...).
-
-        Example:
-
-        ```python
-        >>> model = AutoModelForTokenClassification.from_pretrained(base_path, head="yes_no", step_token="<prm>")
-        >>> model.config.prm_head
-        'yes_no'
-        ```
-        """
-        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
-        config = kwargs.get("config")
-        if config is None or isinstance(config, (str, os.PathLike)):
-            config = AutoConfig.from_pretrained(config or pretrained_model_name_or_path, **hub_kwargs)
-        saved_head = getattr(config, "prm_head", None)
-        if saved_head is not None:
-            if head not in (None, saved_head):
-                raise ValueError(f"{pretrained_model_name_or_path} is a PRM with head={saved_head!r}, not {head!r}.")
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        if head is None:
-            raise ValueError(
-                f"{pretrained_model_name_or_path} is a base checkpoint without PRM settings; pass head='yes_no' or "
-                "head='linear' to create a PRM from it."
-            )
-        if head not in PRM_HEADS:
-            raise ValueError(f"head must be one of {PRM_HEADS}, got {head!r}.")
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        yes_no_ids = yes_no_token_ids(tokenizer) if head == "yes_no" else None
-        step_id = add_step_token(tokenizer, step_token)
-
-        base = cls.base_model_class.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        config = base.config
-        config.prm_head = head
-        config.step_token = step_token
-        config.step_token_id = step_id
-        config.prm_base_architecture = cls.base_model_class.__name__
-        config.num_labels = 2
-        config.id2label = dict(ID2LABEL)
-        config.label2id = {label: i for i, label in ID2LABEL.items()}
-        config.architectures = [cls.__name__]
-
-        lm_head = base.get_output_embeddings().weight
-        # Build the shell on the meta device and move the loaded backbone in: no second copy of the weights.
-        with torch.device("meta"):
-            model = cls(config)
-        model.model = base.model
-        model.score = nn.Linear(lm_head.shape[1], 2, device=lm_head.device, dtype=lm_head.dtype)
-        with torch.no_grad():
-            if head == "yes_no":
-                model.score.weight.copy_(lm_head[list(yes_no_ids)])
-            else:
-                model.score.weight.normal_(0.0, getattr(config.get_text_config(), "initializer_range", 0.02))
-            model.score.bias.zero_()
-        if step_id >= model.get_input_embeddings().num_embeddings:
-            # mean_resizing samples from the embeddings' covariance: random and O(hidden^2) memory on real models
-            model.resize_token_embeddings(step_id + 1, mean_resizing=False)
-        with torch.no_grad():
-            # A deterministic start for the step token (also when it reuses a padding row of the vocabulary).
-            embeddings = model.get_input_embeddings().weight
-            embeddings[step_id] = embeddings[:step_id].mean(dim=0)
-        if hasattr(base, "hf_device_map"):
-            model.hf_device_map = base.hf_device_map
-        model.name_or_path = base.name_or_path
-        return model.eval()
+    def save_pretrained(self, *args, save_original_format: bool = False, **kwargs):
+        # transformers writes renamed checkpoints back in their original (v4) layout by default, which
+        # `Trainer(resume_from_checkpoint=...)` cannot read back (huggingface/transformers#43701). No v4 code reads a
+        # PRM, so it keeps its own layout; `from_pretrained` reads both.
+        return super().save_pretrained(*args, save_original_format=save_original_format, **kwargs)
 
 
-class Qwen2_5_VLForTokenClassification(GenericPRMForTokenClassification, Qwen2_5_VLPreTrainedModel):
-    base_model_class = Qwen2_5_VLForConditionalGeneration
+class Qwen2_5_VLForTokenClassification(_SavedInItsOwnLayout, GenericForTokenClassification, Qwen2_5_VLPreTrainedModel):
+    pass
 
 
-class InternVLForTokenClassification(GenericPRMForTokenClassification, InternVLPreTrainedModel):
-    base_model_class = InternVLForConditionalGeneration
+class Qwen2VLForTokenClassification(_SavedInItsOwnLayout, GenericForTokenClassification, Qwen2VLPreTrainedModel):
+    pass
 
 
-class LlavaForTokenClassification(GenericPRMForTokenClassification, LlavaPreTrainedModel):
-    base_model_class = LlavaForConditionalGeneration
+class InternVLForTokenClassification(_SavedInItsOwnLayout, GenericForTokenClassification, InternVLPreTrainedModel):
+    pass
 
 
-for _config_class, _model_class in (
-    (Qwen2_5_VLConfig, Qwen2_5_VLForTokenClassification),
-    (InternVLConfig, InternVLForTokenClassification),
-    (LlavaConfig, LlavaForTokenClassification),
+class LlavaForTokenClassification(_SavedInItsOwnLayout, GenericForTokenClassification, LlavaPreTrainedModel):
+    pass
+
+
+for _config_class, _prm_class, _base_class in (
+    (Qwen2_5_VLConfig, Qwen2_5_VLForTokenClassification, "Qwen2_5_VLForConditionalGeneration"),
+    (Qwen2VLConfig, Qwen2VLForTokenClassification, "Qwen2VLForConditionalGeneration"),
+    (InternVLConfig, InternVLForTokenClassification, "InternVLForConditionalGeneration"),
+    (LlavaConfig, LlavaForTokenClassification, "LlavaForConditionalGeneration"),
 ):
-    AutoModelForTokenClassification.register(_config_class, _model_class, exist_ok=True)
+    AutoModelForTokenClassification.register(_config_class, _prm_class, exist_ok=True)
+    # A base checkpoint in its Hub layout (Qwen2.5-VL: `visual.*`, `model.layers.*`) is renamed for the PRM as for its
+    # own class: transformers keys these renamings by class name, so the PRM class gets its base class's
+    _conversions = get_checkpoint_conversion_mapping(_base_class)
+    if _conversions is not None:
+        register_checkpoint_conversion_mapping(_prm_class.__name__, _conversions, overwrite=True)
 
 
-def register_prm_architecture(model_type: str) -> type[PreTrainedModel]:
+def prm_class_for(config) -> type:
     """
-    Create and register the PRM class of any `AutoModelForImageTextToText` architecture.
+    The PRM class of a backbone config: transformers' `AutoModelForTokenClassification` class for it (text LMs), or
+    one of this module's (vision-language backbones).
 
-    The class is `<Arch>ForTokenClassification(GenericPRMForTokenClassification, <Arch>PreTrainedModel)`, added to
-    this module and registered with `AutoModelForTokenClassification`; calling again returns the same class.
-
-    Args:
-        model_type (`str`):
-            The config's `model_type`, e.g. `"idefics3"`.
-
-    Example:
-
-    ```python
-    >>> register_prm_architecture("idefics3").__name__
-    'Idefics3ForTokenClassification'
-    ```
-    """
-    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-        raise ValueError(
-            f"{model_type!r} is not an AutoModelForImageTextToText architecture of transformers (remote-code models "
-            "must be converted to a transformers architecture first)."
-        )
-    config_class = AutoConfig.for_model(model_type).__class__
-    if config_class in AutoModelForTokenClassification._model_mapping:
-        registered = AutoModelForTokenClassification._model_mapping[config_class]
-        if issubclass(registered, GenericPRMForTokenClassification):
-            return registered
-    base_class = AutoModelForImageTextToText._model_mapping[config_class]
-    if base_class.base_model_prefix != "model":
-        # e.g. BLIP-2 keeps its parts side by side; the PRM reads `model(...).last_hidden_state`.
-        raise ValueError(f"{base_class.__name__} does not keep its backbone under `model`; it cannot become a PRM.")
-    pretrained_class = next(
-        klass
-        for klass in base_class.__mro__[1:]
-        if issubclass(klass, PreTrainedModel) and klass.__name__.endswith("PreTrainedModel")
-    )
-    name = base_class.__name__.removesuffix("ForConditionalGeneration") + "ForTokenClassification"
-    prm_class = type(
-        name,
-        (GenericPRMForTokenClassification, pretrained_class),
-        {"base_model_class": base_class, "__module__": __name__},
-    )
-    setattr(sys.modules[__name__], name, prm_class)  # importable by name, so it pickles
-    AutoModelForTokenClassification.register(config_class, prm_class, exist_ok=True)
-    return prm_class
-
-
-def prm_class_for(config) -> type[PreTrainedModel]:
-    """
-    The PRM class for a backbone config (registering it on first use).
+    Raises:
+        `ValueError`: for a backbone without one, saying how to add it.
 
     Example:
 
@@ -373,23 +202,101 @@ def prm_class_for(config) -> type[PreTrainedModel]:
     'Qwen2_5_VLForTokenClassification'
     ```
     """
-    return register_prm_architecture(config.model_type)
+    try:
+        return MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING[type(config)]
+    except KeyError:
+        name = type(config).__name__.removesuffix("Config")
+        raise ValueError(
+            f"No token-classification class for {config.model_type!r}. Define it as transformers does and register it "
+            f"before loading: `class {name}ForTokenClassification(GenericForTokenClassification, "
+            f"{name}PreTrainedModel): pass` and `AutoModelForTokenClassification.register({type(config).__name__}, "
+            f"{name}ForTokenClassification)`."
+        ) from None
+
+
+def prm_config(base_config, head: str, step_token: str, step_token_id: int):
+    """
+    The config of a new PRM: the base model's, plus the PRM settings (`prm_head`, `step_token`, `step_token_id`,
+    `prm_base_architecture`), two labels, no dropout before the head (a `yes_no` head must equal the restricted LM
+    logits) and no KV cache.
+
+    Example:
+
+    ```python
+    >>> config = prm_config(AutoConfig.from_pretrained("Qwen/Qwen2.5-VL-3B-Instruct"), "yes_no", "<prm>", 151665)
+    >>> config.prm_head, config.num_labels, config.classifier_dropout
+    ('yes_no', 2, 0.0)
+    ```
+    """
+    if head not in PRM_HEADS:
+        raise ValueError(f"head must be one of {PRM_HEADS}, got {head!r}.")
+    config = base_config.__class__.from_dict(base_config.to_dict())
+    config.prm_head, config.step_token, config.step_token_id = head, step_token, step_token_id
+    config.prm_base_architecture = (base_config.architectures or [None])[0]
+    config.num_labels = 2
+    config.id2label = dict(ID2LABEL)
+    config.label2id = {label: i for i, label in ID2LABEL.items()}
+    config.classifier_dropout = 0.0
+    config.use_cache = False
+    config.get_text_config().use_cache = False
+    config.architectures = [prm_class_for(config).__name__]
+    return config
+
+
+def _checkpoint_rows(name_or_path: str | os.PathLike, rows: tuple[int, ...], **hub_kwargs) -> torch.Tensor:
+    """Rows of the LM head (or of the tied input embeddings) read from a safetensors checkpoint, slice by slice."""
+    from safetensors import safe_open
+
+    try:
+        index = cached_file(name_or_path, "model.safetensors.index.json", **hub_kwargs)
+    except OSError:
+        index = None
+    weight_map = json.loads(open(index, encoding="utf-8").read())["weight_map"] if index else None
+    if weight_map is None:
+        single = cached_file(name_or_path, "model.safetensors", **hub_kwargs)
+        with safe_open(single, "pt") as f:
+            weight_map = dict.fromkeys(f.keys(), "model.safetensors")
+    # an untied LM head, else the text model's input embeddings it is tied to
+    candidates = [key for key in weight_map if key.endswith("lm_head.weight")] or [
+        key
+        for key in weight_map
+        if key.endswith("embed_tokens.weight") and not any(part in key for part in ("visual", "vision"))
+    ]
+    if not candidates:
+        raise ValueError(f"{name_or_path} has no LM head (nor tied input embeddings) to read the Yes/No rows from.")
+    with safe_open(cached_file(name_or_path, weight_map[candidates[0]], **hub_kwargs), "pt") as f:
+        weights = f.get_slice(candidates[0])
+        return torch.cat([weights[row : row + 1] for row in rows])
+
+
+@contextlib.contextmanager
+def _writable(*parameters: torch.nn.Parameter):
+    """Full, writable parameters: gathered from their shards under ZeRO-3 (what rank 0 writes is kept)."""
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(parameters), modifier_rank=0):
+            yield
+    else:
+        yield
 
 
 def load_prm(
     name_or_path: str | os.PathLike, head: str | None = None, step_token: str = "<prm>", **from_pretrained_kwargs
 ):
     """
-    Load a PRM and its processor, or create both from a base VLM checkpoint.
+    Load a PRM and its processor, or create both from a base checkpoint.
 
-    A saved PRM (its config has `prm_head`) loads with `AutoModelForTokenClassification`. A base checkpoint becomes a
-    new PRM: `step_token` is added to the processor's tokenizer as a special token, the embeddings are resized if
-    needed and `score` is initialised from the LM head's "Yes"/"No" rows (`head="yes_no"`, the default) or randomly
-    (`head="linear"`). Save both with `model.save_pretrained(path)` and `processor.save_pretrained(path)`.
+    A saved PRM (its config has `prm_head`) loads with `AutoModelForTokenClassification`. A base checkpoint (a VLM,
+    or a causal LM for a text PRM) becomes a new PRM: `step_token` is added to the processor's tokenizer as a special
+    token, the PRM class's stock `from_pretrained` loads the base weights (under ZeRO-3 inside `zero.Init`), the
+    embeddings grow if the new token needs a row (its row starts as the mean embedding), and `score` starts from the
+    LM head's "Yes"/"No" rows read from the checkpoint (`head="yes_no"`, the default) or randomly (`head="linear"`).
+    Save both with `model.save_pretrained(path)` and `processor.save_pretrained(path)`.
 
     Args:
         name_or_path (`str` or `os.PathLike`):
-            A saved PRM or a base image-text-to-text checkpoint (local directory or Hub id).
+            A saved PRM or a base checkpoint (local directory or Hub id).
         head (`str`, *optional*):
             `"yes_no"` or `"linear"` for a base checkpoint (defaults to `"yes_no"`); `None` or the saved head for a
             saved PRM.
@@ -399,7 +306,7 @@ def load_prm(
             Passed to `from_pretrained` (`dtype`, `device_map`, `attn_implementation`, `revision`, ...).
 
     Returns:
-        `tuple`: `(model, processor)`.
+        `tuple`: `(model, processor)`; for a text model the processor is its tokenizer.
 
     Example:
 
@@ -413,19 +320,37 @@ def load_prm(
     config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
     processor = AutoProcessor.from_pretrained(name_or_path, **hub_kwargs)
     tokenizer = getattr(processor, "tokenizer", processor)
-    prm_class = prm_class_for(config)
-    if getattr(config, "prm_head", None) is not None:
-        model = prm_class.from_pretrained(name_or_path, head=head, **from_pretrained_kwargs)
+    saved_head = getattr(config, "prm_head", None)
+    if saved_head is not None:
+        if head not in (None, saved_head):
+            raise ValueError(f"{name_or_path} is a PRM with head={saved_head!r}, not {head!r}.")
+        model = AutoModelForTokenClassification.from_pretrained(name_or_path, **from_pretrained_kwargs)
         if tokenizer.convert_tokens_to_ids(config.step_token) != config.step_token_id:
             raise ValueError(
                 f"The processor saved with {name_or_path} does not map the step token {config.step_token!r} to "
                 f"{config.step_token_id}; save the PRM's processor next to the model."
             )
         return model, processor
-    model = prm_class.from_pretrained(
-        name_or_path, head=head or "yes_no", step_token=step_token, tokenizer=tokenizer, **from_pretrained_kwargs
-    )
-    return model, processor
+
+    head = head or "yes_no"
+    if head not in PRM_HEADS:
+        raise ValueError(f"head must be one of {PRM_HEADS}, got {head!r}.")
+    yes_no_ids = yes_no_token_ids(tokenizer) if head == "yes_no" else None
+    step_id = add_step_token(tokenizer, step_token)
+    new_config = prm_config(config, head, step_token, step_id)
+    model = prm_class_for(config).from_pretrained(name_or_path, config=new_config, **from_pretrained_kwargs)
+    if step_id >= model.get_input_embeddings().num_embeddings:
+        # mean_resizing samples from the embeddings' covariance: random and O(hidden^2) memory on real models
+        model.resize_token_embeddings(step_id + 1, mean_resizing=False)
+    embeddings = model.get_input_embeddings().weight
+    with torch.no_grad(), _writable(model.score.weight, model.score.bias, embeddings):
+        if yes_no_ids is not None:
+            rows = _checkpoint_rows(name_or_path, yes_no_ids, **hub_kwargs)
+            model.score.weight.copy_(rows.to(model.score.weight.dtype))
+        model.score.bias.zero_()
+        # A deterministic start for the step token (also when it reuses a padding row of the vocabulary)
+        embeddings[step_id] = embeddings[:step_id].mean(dim=0)
+    return model.eval(), processor
 
 
 # The language model's linear layers; the vision tower and projector stay frozen.

@@ -18,9 +18,10 @@ The price of a private base is that TRL may change it without notice: we support
 `setup.cfg` (verified on 1.16) and `tests/test_prm_trainer.py::test_trl_base_guard` fails as soon as the names,
 class hierarchy or signatures we rely on move.
 
-Gradient accumulation: the model's forward takes `num_items_in_batch` and returns `sum(loss) / num_items_in_batch`.
-`transformers.Trainer` counts `labels != -100` over all micro-batches of an optimizer step (and across processes),
-i.e. the labelled steps, so 1 x 4 and 4 x 1 give the same loss and gradients.
+The loss is the Trainer's `compute_loss_func`: [`~bis_prm.model.modeling_prm.prm_loss`] on the model's logits, summed
+over the labelled steps and divided by `num_items_in_batch`, which `transformers.Trainer` counts as `labels != -100`
+over all micro-batches of an optimizer step (and across processes): 1 x 4 and 4 x 1 give the same loss and gradients,
+and so do 2 processes x 1 and 1 x 2.
 
 No single rollout stops a run: rows that cannot be trained on are dropped before training, by dataset row and reason
 ([`~bis_prm.training.dataset.prepare_prm_dataset`]); a rollout that still fails when its batch is rendered is left out
@@ -31,7 +32,6 @@ batch is an error, so that a wholly broken dataset is not trained on silently.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +41,12 @@ from accelerate.logging import get_logger
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin, TrainerCallback, set_seed
-from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
 from transformers.trainer_utils import EvalPrediction
 from transformers.utils import is_peft_available
 from trl.trainer.base_trainer import _BaseTrainer
 
 from bis_prm.model.inference import rollout_token_counts
-from bis_prm.model.modeling_prm import load_prm
+from bis_prm.model.modeling_prm import load_prm, prm_loss
 from bis_prm.model.processing_prm import PRMCollator, apply_image_limits
 from bis_prm.model.vision_tower import freeze_vision_tower
 from bis_prm.training.dataset import DatasetCheck, PRMDatasetError, check_columns, prepare_prm_dataset
@@ -254,10 +253,9 @@ class PRMTrainer(_BaseTrainer):
             # Distributed training requires device_map=None ("auto" fails)
             if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
                 model_init_kwargs["device_map"] = None
-            with _unpartitioned_loading(args):
-                model, loaded_processor = load_prm(
-                    model, head=args.head, step_token=args.step_token, **model_init_kwargs
-                )
+            # Under DeepSpeed ZeRO-3 (`zero3_init_flag`), `from_pretrained` creates the PRM inside `zero.Init`: each
+            # process holds its shard only
+            model, loaded_processor = load_prm(model, head=args.head, step_token=args.step_token, **model_init_kwargs)
             processing_class = processing_class or loaded_processor
         elif args.model_init_kwargs is not None:
             logger.warning("`model_init_kwargs` is ignored: the model is already instantiated.")
@@ -308,10 +306,10 @@ class PRMTrainer(_BaseTrainer):
             callbacks=callbacks,
             optimizers=optimizers,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            compute_loss_func=_prm_loss,
         )
-        # The PRM forward takes `num_items_in_batch` (see the module docstring); saying so makes the Trainer count the
-        # labelled steps of all micro-batches of an optimizer step, whatever the forward signature looks like
-        self.model_accepts_loss_kwargs = True
+        # The loss is ours (`compute_loss_func`): the model gets no loss arguments
+        self.model_accepts_loss_kwargs = False
         self.dataset_name, self.selection_report = dataset_name, selection_report
         self.dataset_checks: dict[str, DatasetCheck] = {check.name: check for check in checks}
         # rollouts skipped while collating, by mode: the rows of this process, and the count over all processes
@@ -336,12 +334,12 @@ class PRMTrainer(_BaseTrainer):
                 logger.warning(f"Skipped the {mode} rollout at row {row} ({reason}): {message}")
         if mode == "train":
             self._first_batch = False
-        # The Trainer passes `num_items_in_batch` to the model and rescales the loss by the number of processes when
-        # the count is global (`average_tokens_across_devices`), so DDP/DeepSpeed gradient averaging stays exact
+        labels = inputs["labels"]
+        # The Trainer passes `num_items_in_batch` to `compute_loss_func` and rescales the loss by the number of
+        # processes when the count is global (`average_tokens_across_devices`), so DDP/DeepSpeed averaging stays exact
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
 
         with torch.no_grad():
-            labels = inputs["labels"]
             mask = labels != -100
             predicted = outputs.logits[..., 0] >= outputs.logits[..., 1]
             correct = (predicted == (labels > 0.5))[mask].sum()
@@ -458,20 +456,8 @@ class PRMTrainer(_BaseTrainer):
         super()._save_checkpoint(model, trial)
 
 
-@contextmanager
-def _unpartitioned_loading(args: PRMConfig):
-    # Workaround: `load_prm` builds the PRM shell on the meta device, which `deepspeed.zero.Init` (active while a
-    # ZeRO-3 config is registered with transformers) cannot initialise ("Cannot copy out of meta tensor"). Load the
-    # model whole on each process instead; DeepSpeed partitions it when the engine starts. Costs one full CPU copy of
-    # the weights per process during loading.
-    if not is_deepspeed_zero3_enabled() or args.deepspeed_plugin is None:
-        yield
-        return
-    unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        args.deepspeed_plugin.set_deepspeed_weakref()
+def _prm_loss(outputs, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
+    return prm_loss(outputs.logits, labels, num_items_in_batch)
 
 
 def _lengths_batch(batch: dict[str, list], processor, step_token: str, max_images: int | None) -> dict[str, list]:

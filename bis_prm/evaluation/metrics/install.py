@@ -8,8 +8,8 @@
    modified `<HF_MODULES_CACHE>/evaluate_modules/metrics/evaluate-metric--<name>/<64-hex hash>/<name>.py`.
 
 `install_metric` writes our script there, under the same content hash evaluate itself computes, with the package
-`__init__.py` files and the metadata JSON evaluate writes. It is idempotent and cheap when already installed (one
-read of the script, a hash and a few `stat`s), so `import bis_prm` runs it. It reads the same environment variables
+`__init__.py` files and the metadata JSON evaluate writes. It runs once per script version (later calls cost one read
+of the script, a hash and a `stat`), so `import bis_prm` runs it. It reads the same environment variables
 as evaluate (`HF_MODULES_CACHE`, else `HF_HOME/modules`, else `XDG_CACHE_HOME/huggingface/modules`). Set
 `BIS_PRM_NO_METRIC_INSTALL=1` to skip it on import.
 """
@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -46,17 +47,14 @@ def script_hash(source: str) -> str:
     return hashlib.sha256("\n".join(line for line in lines if line).encode("utf-8")).hexdigest()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # several processes (e.g. `accelerate launch`) may import bis_prm at once; a reader never sees a partial file
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def install_metric(cache_dir: str | os.PathLike | None = None) -> str:
     """
-    Install the `visualprocessbench` metric script into evaluate's modules cache.
+    Install the `visualprocessbench` metric script into evaluate's modules cache, once per script version.
+
+    Writing into another library's cache is the only way to make a bare metric name resolve offline: evaluate has no
+    registration API, and its other lookups are the working directory and the Hub. So it is done once, checked with one
+    `stat` on later imports, and atomically: the hash folder is written under a temporary name and renamed into place,
+    so that processes importing bis_prm together (`accelerate launch`) never see a half-written module.
 
     Args:
         cache_dir (`str` or `os.PathLike`, *optional*):
@@ -66,36 +64,35 @@ def install_metric(cache_dir: str | os.PathLike | None = None) -> str:
         `str`: the path of the installed script.
 
     Example:
-        >>> path = install_metric()
-        >>> import evaluate
-        >>> metric = evaluate.load("visualprocessbench")  # works offline
+
+    ```python
+    >>> path = install_metric()
+    >>> import evaluate
+    >>> metric = evaluate.load("visualprocessbench")  # works offline
+    ```
     """
     source = _script_path().read_text(encoding="utf-8")
     digest = script_hash(source)
     cache = Path(cache_dir) if cache_dir is not None else modules_cache()
     metric_dir = cache / "evaluate_modules" / "metrics" / f"{CACHE_NAMESPACE}--{METRIC_NAME}"
     target = metric_dir / digest / f"{METRIC_NAME}.py"
-
-    if target.is_file() and _is_newest(metric_dir, digest):
+    if target.is_file():
         return str(target)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    metric_dir.mkdir(parents=True, exist_ok=True)
     # every level must be a package: evaluate imports `evaluate_modules.metrics.<name>.<hash>.<script>`
-    for package in (cache, cache / "evaluate_modules", metric_dir.parent, metric_dir, target.parent):
+    for package in (cache, cache / "evaluate_modules", metric_dir.parent, metric_dir):
         (package / "__init__.py").touch(exist_ok=True)
-    if not target.is_file() or target.read_text(encoding="utf-8") != source:
-        _write_atomic(target, source)
-    meta = {"original file path": str(_script_path()), "local file path": str(target)}
-    _write_atomic(target.with_suffix(".json"), json.dumps(meta))
-    # evaluate takes the most recently modified cached hash; ours must win over older bis_prm versions
-    os.utime(target)
+    staging = Path(tempfile.mkdtemp(dir=metric_dir, prefix=f".{digest[:8]}-"))
+    try:
+        (staging / "__init__.py").touch()
+        (staging / f"{METRIC_NAME}.py").write_text(source, encoding="utf-8")
+        meta = {"original file path": str(_script_path()), "local file path": str(target)}
+        (staging / f"{METRIC_NAME}.json").write_text(json.dumps(meta), encoding="utf-8")
+        os.rename(staging, target.parent)  # evaluate takes the newest hash folder: this one, from now on
+    except OSError:
+        if not target.is_file():  # another process did not win the race: a real failure
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return str(target)
-
-
-def _is_newest(metric_dir: Path, digest: str) -> bool:
-    def mtime(entry: str) -> float:
-        script = metric_dir / entry / f"{METRIC_NAME}.py"
-        return script.stat().st_mtime if script.is_file() else float("-inf")
-
-    others = [entry for entry in os.listdir(metric_dir) if len(entry) == 64 and entry != digest]
-    return all(mtime(entry) < mtime(digest) for entry in others)
