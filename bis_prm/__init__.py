@@ -38,7 +38,7 @@ _EXPORTS = {
     "prm_lora_config": "bis_prm.model.modeling_prm",
     "prm_loss": "bis_prm.model.modeling_prm",
     "PRMCollator": "bis_prm.model.processing_prm",
-    "render_prompt": "bis_prm.model.processing_prm",
+    "render_prompt": "bis_prm.data.prompt",
     "tile_images": "bis_prm.model.processing_prm",
     "aggregate_many": "bis_prm.model.inference",
     "aggregate_scores": "bis_prm.model.inference",

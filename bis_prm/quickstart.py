@@ -12,8 +12,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# the tiny recipe of the repository checkout (`pip install -e .`); pass `recipe=` when running from elsewhere
-TINY_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "config_sample.yaml"
+from bis_prm.recipes import recipe_path
+
+# the tiny recipe, shipped in the package (`bis_prm.recipes`, the repository's `recipes/` folder)
+TINY_RECIPE = recipe_path("tiny/config_sample.yaml")
 
 
 @dataclass
@@ -24,7 +26,7 @@ class QuickstartConfig:
     Parameters:
         output_dir (`str`, *optional*, defaults to `"quickstart_output"`):
             Where the sample, the tiny model, the subset, the trained PRM and the evaluation are written.
-        recipe (`str`, *optional*, defaults to the repository's `recipes/tiny/config_sample.yaml`):
+        recipe (`str`, *optional*, defaults to the shipped `recipes/tiny/config_sample.yaml`):
             Training recipe; its `selection` block sets the BIS parameters. Its paths are replaced by the
             quickstart's own.
         arch (`str`, *optional*, defaults to `"qwen2_5_vl"`):
@@ -45,10 +47,7 @@ class QuickstartConfig:
 def _existing_recipe(recipe: str | Path) -> Path:
     recipe = Path(recipe)
     if not recipe.is_file():
-        raise FileNotFoundError(
-            f"Training recipe {recipe} not found: the tiny recipe ships with the repository checkout "
-            "(pip install -e .); pass a recipe path."
-        )
+        raise FileNotFoundError(f"Training recipe {recipe} not found.")
     return recipe
 
 

@@ -16,7 +16,7 @@ def test_defaults_follow_the_paper(tmp_path):
     assert args.warmup_steps == 0.05
     assert args.lr_scheduler_type == "cosine"
     assert args.num_train_epochs == 1
-    assert args.gradient_checkpointing is True
+    assert args.activation_checkpointing is True and args.gradient_checkpointing is True  # the alias mirrors it
     assert args.remove_unused_columns is False
     assert (args.head, args.step_token, args.label_mode) == ("yes_no", "<prm>", "hard")
     assert args.freeze_vision_tower is True

@@ -72,7 +72,7 @@ def test_main_trains_saves_and_writes_the_model_card(assets, tmp_path):
         "selection:\n  method: bis\n  ratio: 1.0\n  alpha: 0.05\n"
         "eval_ratio: 0.25\n"
         f"output_dir: {tmp_path / 'out'}\n"
-        "bf16: false\ngradient_checkpointing: false\nlearning_rate: 1.0e-03\n"
+        "bf16: false\nactivation_checkpointing: false\nlearning_rate: 1.0e-03\n"
         "max_steps: 3\nper_device_train_batch_size: 2\nlogging_steps: 1\nsave_strategy: 'no'\n"
         "disable_tqdm: true\nmax_length: 512\n"
     )
@@ -275,7 +275,7 @@ def test_training_on_a_subset_with_a_corrupt_image_finishes_and_reports_it(asset
     config = tmp_path / "recipe.yaml"
     config.write_text(
         f"model_name_or_path: {assets['model']}\ndataset_name: {tmp_path / 'subset.parquet'}\n"
-        f"output_dir: {tmp_path / 'out'}\nhead: linear\nbf16: false\ngradient_checkpointing: false\n"
+        f"output_dir: {tmp_path / 'out'}\nhead: linear\nbf16: false\nactivation_checkpointing: false\n"
         "max_steps: 2\nper_device_train_batch_size: 2\nlogging_steps: 1\nsave_strategy: 'no'\n"
         "disable_tqdm: true\nmax_length: 512\nreport_to: none\n"
     )

@@ -126,7 +126,7 @@ def tiny_config(output_dir: Path, **overrides) -> PRMConfig:
         "max_steps": 4,
         "logging_steps": 1,
         "save_strategy": "no",
-        "gradient_checkpointing": False,
+        "activation_checkpointing": False,
         "bf16": False,
         "report_to": "none",
         "disable_tqdm": True,

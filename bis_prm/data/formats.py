@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .arrow_utils import arrow_columns, list_array, list_parts
+from .prompt import prompt_column
 
 PRM_COLUMNS = (
     "image", "image_root", "question", "steps", "labels", "mc_scores", "p_pos", "reliability", "bis", "is_mixed",
@@ -121,10 +122,7 @@ def internvl_lines(batch: pa.Table) -> pa.Array:
     images, is_list, question, question_orig, steps, labels = (batch.column(n).combine_chunks() for n in names)
     joined_images = _join_lists(images, _json_string(pc.list_flatten(images)), ", ")
     image = pc.if_else(is_list, pc.binary_join_element_wise("[", joined_images, "]", ""), joined_images)
-    question = pc.utf8_trim_whitespace(pc.if_else(pc.equal(question_orig, ""), question, question_orig))
-    marked_steps = pc.binary_join_element_wise(pc.utf8_trim_whitespace(pc.list_flatten(steps)), "<prm>", "")
-    process = _join_lists(steps, marked_steps, "\n\n")
-    human = pc.binary_join_element_wise("Question: ", question, "\nProcess: ", process, "")
+    human = prompt_column(pc.if_else(pc.equal(question_orig, ""), question, question_orig), steps)
     label_text = pc.if_else(pc.greater(pc.list_flatten(labels), 0.0), "1.0", "0.0")
     parts = ['{"image": ', image, ', "conversations": [{"from": "human", "value": ', _json_string(human)]
     parts += ['}, {"from": "gpt", "value": [', _join_lists(labels, label_text, ", "), "]}]}"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from PIL import Image
 
 from bis_prm.data.images import MAX_IMAGE_PIXELS, ImageProblem
+from bis_prm.data.prompt import ExampleError, render_prompt
 
 __all__ = [
     "ExampleError",
@@ -30,61 +30,8 @@ __all__ = [
     "tiled_size",
 ]
 
-# "<image>" / "<image1>" placeholders of the VisualPRM data; the chat template places the images itself.
-_IMAGE_PLACEHOLDER = re.compile(r"<image\d*>\s*")
 # Per-token processor outputs besides the tokenizer's own (Qwen2.5-VL marks image tokens in `mm_token_type_ids`).
 _TOKEN_TYPE_KEYS = ("token_type_ids", "mm_token_type_ids")
-
-
-class ExampleError(ValueError):
-    """
-    A rollout that cannot be turned into model inputs. `reason` names the problem (`no_steps`, `step_token_in_text`,
-    `length_mismatch`, `bad_label`, `missing_labels`, `processing_failed`, or an image reason of
-    [`~bis_prm.data.images.ImageProblem`]) so that runs which skip bad rollouts can count them.
-    """
-
-    def __init__(self, reason: str, message: str, example: int | None = None):
-        super().__init__(message if example is None else f"Example {example}: {message}")
-        self.reason = reason
-        self.detail = message
-
-
-def render_prompt(question: str, steps: Sequence[str], step_token: str = "<prm>") -> str:
-    """
-    Render a rollout as the PRM prompt, one `step_token` after every step.
-
-    Args:
-        question (`str`):
-            The question; `<image>` / `<imageN>` placeholders are removed (the chat template places the images).
-        steps (`Sequence[str]`):
-            The solution steps, in order. Each is stripped.
-        step_token (`str`, *optional*, defaults to `"<prm>"`):
-            The token whose position scores the step before it.
-
-    Returns:
-        `str`: `"Question: {question}\\nProcess: {step_1}<prm>\\n\\n{step_2}<prm>..."`.
-
-    Raises:
-        [`ExampleError`]: when there is no step (`no_steps`), or the question or a step already contains
-        `step_token` (`step_token_in_text`).
-
-    Example:
-
-    ```python
-    >>> render_prompt("<image>\\nHow many circles?", ["I count 2.", "The answer is 2."])
-    'Question: How many circles?\\nProcess: I count 2.<prm>\\n\\nThe answer is 2.<prm>'
-    ```
-    """
-    if not steps:
-        raise ExampleError("no_steps", "The rollout has no step to score.")
-    question = _IMAGE_PLACEHOLDER.sub("", question).strip()
-    for name, text in [("question", question), *((f"step {i}", step) for i, step in enumerate(steps))]:
-        if step_token in text:
-            raise ExampleError(
-                "step_token_in_text", f"The {name} already contains the step token {step_token!r}: {text[:80]!r}"
-            )
-    process = "\n\n".join(f"{step.strip()}{step_token}" for step in steps)
-    return f"Question: {question}\nProcess: {process}"
 
 
 def load_image(image: str | os.PathLike | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:

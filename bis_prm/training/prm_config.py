@@ -75,7 +75,8 @@ class PRMConfig(_BaseConfig):
     > - `lr_scheduler_type`: Defaults to `"cosine"` instead of `"linear"`.
     > - `num_train_epochs`: Defaults to `1` instead of `3`.
     > - `logging_steps`: Defaults to `10` instead of `500`.
-    > - `gradient_checkpointing`: Defaults to `True` instead of `False`.
+    > - `activation_checkpointing`: Defaults to `True` instead of `False` (`activation_checkpointing_kwargs=
+    >   {"every_n_layers": n}` checkpoints only every n-th layer, to spend spare memory on speed).
     > - `bf16`: Defaults to `True` on a bf16-capable accelerator when `fp16` is not set, `False` on CPU.
     > - `remove_unused_columns`: Defaults to `False` instead of `True`: the collator reads the raw columns.
     """
@@ -91,6 +92,14 @@ class PRMConfig(_BaseConfig):
     )
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "The scheduler type to use."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Total number of training epochs."})
+    activation_checkpointing: bool | None = field(
+        default=True,
+        metadata={"help": "Recompute activations in the backward pass to save memory (every layer by default)."},
+    )
+    # transformers' deprecated alias of `activation_checkpointing`: left unset, so that no FutureWarning is raised
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of `activation_checkpointing`."}
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Keep the raw columns: the PRM collator renders rollouts from them."},

@@ -274,7 +274,7 @@ class PRMTrainer(_BaseTrainer):
             if is_peft_model(model):
                 raise ValueError("`peft_config` was given for a model that already is a `PeftModel`.")
             model = get_peft_model(model, peft_config)
-            if args.gradient_checkpointing:
+            if args.activation_checkpointing:
                 # Frozen embeddings give checkpointed blocks inputs without grad, so the adapters would get none
                 model.enable_input_require_grads()
 
