@@ -161,6 +161,9 @@ class PRMConfig(_BaseConfig):
 
     def __post_init__(self):
         _set_cpu_distributed_defaults(self)
+        # pinned memory only helps copies to an accelerator; without one torch warns at every DataLoader
+        if not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False
         # bf16 where the hardware has it; TrainingArguments refuses bf16 on a CPU-only machine unless `use_cpu`
         if self.bf16 is None:
             self.bf16 = not self.fp16 and not self.use_cpu and is_torch_bf16_gpu_available()
