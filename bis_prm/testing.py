@@ -159,7 +159,7 @@ def _text_config(tokenizer, **extra) -> dict:
     }
 
 
-def _qwen_vl(arch, tokenizer, overrides):
+def _qwen_vl(arch, tokenizer, overrides, shapes):
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLProcessor,
@@ -193,8 +193,8 @@ def _qwen_vl(arch, tokenizer, overrides):
     # head_dim 16: the multimodal rotary sections (temporal, height, width) split its 8 frequencies.
     rope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
     config = config_class(
-        text_config=_text_config(tokenizer, rope_parameters=rope),
-        vision_config=vision_config,
+        text_config={**_text_config(tokenizer, rope_parameters=rope), **shapes.get("text_config", {})},
+        vision_config={**vision_config, **shapes.get("vision_config", {})},
         image_token_id=ids["image_token"],
         video_token_id=ids["video_token"],
         vision_start_token_id=ids["vision_bos_token"],
@@ -212,12 +212,15 @@ def _qwen_vl(arch, tokenizer, overrides):
     return config, processor
 
 
-def _internvl(arch, tokenizer, overrides):
+def _internvl(arch, tokenizer, overrides, shapes):
     from transformers import GotOcr2ImageProcessor, InternVLConfig, InternVLProcessor, InternVLVideoProcessor
 
     image_size, patch_size = 28, 7  # 4x4 patches, pixel-shuffled by 0.5 -> 4 tokens per tile
     config = InternVLConfig(
-        text_config=_text_config(tokenizer, model_type="qwen2", tie_word_embeddings=False),
+        text_config={
+            **_text_config(tokenizer, model_type="qwen2", tie_word_embeddings=False),
+            **shapes.get("text_config", {}),
+        },
         vision_config={
             "hidden_size": _VISION_HIDDEN,
             "intermediate_size": 2 * _VISION_HIDDEN,
@@ -225,6 +228,7 @@ def _internvl(arch, tokenizer, overrides):
             "num_attention_heads": 2,
             "image_size": [image_size, image_size],
             "patch_size": [patch_size, patch_size],
+            **shapes.get("vision_config", {}),
         },
         image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
         image_seq_length=4,
@@ -243,12 +247,15 @@ def _internvl(arch, tokenizer, overrides):
     return config, processor
 
 
-def _llava(arch, tokenizer, overrides):
+def _llava(arch, tokenizer, overrides, shapes):
     from transformers import CLIPImageProcessor, LlavaConfig, LlavaProcessor
 
     image_size, patch_size = 28, 14  # 2x2 patches + CLS, the CLS dropped by the "default" strategy -> 4 tokens
     config = LlavaConfig(
-        text_config=_text_config(tokenizer, model_type="qwen2", tie_word_embeddings=False),
+        text_config={
+            **_text_config(tokenizer, model_type="qwen2", tie_word_embeddings=False),
+            **shapes.get("text_config", {}),
+        },
         vision_config={
             "model_type": "clip_vision_model",
             "hidden_size": _VISION_HIDDEN,
@@ -258,6 +265,7 @@ def _llava(arch, tokenizer, overrides):
             "image_size": image_size,
             "patch_size": patch_size,
             "projection_dim": _VISION_HIDDEN,
+            **shapes.get("vision_config", {}),
         },
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-1,
@@ -360,10 +368,7 @@ def make_tiny_vlm(
         raise ValueError(f"Unknown tiny architecture {arch!r}; choose one of {TINY_ARCHITECTURES}.")
     path = Path(path)
     tokenizer = tiny_tokenizer(arch)
-    config, processor = _BUILDERS[arch](arch, tokenizer, overrides)
-    for part, values in (shapes or {}).items():
-        for key, value in values.items():
-            setattr(getattr(config, part), key, value)
+    config, processor = _BUILDERS[arch](arch, tokenizer, overrides, shapes or {})
     if max_pixels is not None:
         processor.image_processor.size = {**dict(processor.image_processor.size), "longest_edge": max_pixels}
     torch.manual_seed(seed)
