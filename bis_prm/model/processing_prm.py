@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -147,10 +147,19 @@ class PRMCollator:
         max_images (`int`, *optional*):
             When an example has more images than this, they are tiled into one grid with `tile_images`. `None`
             passes every image to the processor (Qwen2.5-VL, InternVL and LLaVA processors take several).
+        padding_free (`bool`, *optional*, defaults to `False`):
+            Concatenate the rollouts of the batch into one row without padding (TRL's `padding_free`):
+            `position_ids` restart at every rollout, and there is no `attention_mask`, so transformers masks attention
+            to each rollout (varlen `flash_attention_2` on a GPU, a block-diagonal mask for `sdpa` and `eager`).
+        rope_index (`Callable`, *optional*):
+            With `padding_free`, the base model's `get_rope_index` for backbones with multimodal rotary positions
+            (Qwen2-VL, Qwen2.5-VL): each rollout gets the positions it has on its own, and `position_ids` is
+            `[4, 1, tokens]` (text positions first, as these models expect of packed inputs).
 
     Returns from `__call__`: a dict with the processor's tensors (`input_ids`, `attention_mask`, `pixel_values`,
     `image_grid_thw`, ...), `labels` (float [batch, seq], -100 off the step tokens) and `num_steps` (long [batch],
-    steps that survived truncation). A rollout that cannot be rendered raises an [`ExampleError`] naming it;
+    steps that survived truncation); with `padding_free`, one row and `position_ids` instead of `attention_mask`.
+    A rollout that cannot be rendered raises an [`ExampleError`] naming it;
     [`~PRMCollator.collate_skipping`] leaves such rollouts out instead.
 
     Example:
@@ -171,6 +180,8 @@ class PRMCollator:
         padding_side: str = "right",
         label_field: str = "labels",
         max_images: int | None = None,
+        padding_free: bool = False,
+        rope_index: Callable | None = None,
     ):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
@@ -182,6 +193,7 @@ class PRMCollator:
         self.padding_side = padding_side
         self.label_field = label_field
         self.max_images = max_images
+        self.padding_free, self.rope_index = padding_free, rope_index
         self.image_token_id = getattr(processor, "image_token_id", None)
         if getattr(processor, "chat_template", None) is None:
             raise ValueError("The processor has no chat template; PRM prompts are rendered with the backbone's own.")
@@ -317,6 +329,22 @@ class PRMCollator:
                 positions = is_step[index].nonzero().squeeze(1)
                 labels[index, positions] = torch.tensor(targets[: len(positions)], dtype=torch.float)
             batch["labels"] = labels
+        return self._pack(batch) if self.padding_free else batch
+
+    def _pack(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The rows of a padded batch as one row: real tokens only, positions restarting at every rollout."""
+        real = batch.pop("attention_mask").bool()
+        lengths = real.sum(dim=1)
+        text_positions = torch.cat([torch.arange(int(n)) for n in lengths])[None]
+        if self.rope_index is not None:
+            inputs = {key: batch[key] for key in ("input_ids", "mm_token_type_ids", "image_grid_thw") if key in batch}
+            rope, _ = self.rope_index(**inputs, attention_mask=real.long())
+            batch["position_ids"] = torch.cat([text_positions[None], rope[:, real][:, None]])
+        else:
+            batch["position_ids"] = text_positions
+        per_token = [key for key, value in batch.items() if key != "position_ids" and value.shape[:2] == real.shape]
+        for key in per_token:
+            batch[key] = batch[key][real][None]
         return batch
 
     def _truncate(self, batch: dict[str, torch.Tensor], positions: Sequence[int]) -> dict[str, torch.Tensor]:
