@@ -21,7 +21,9 @@ def recipe_path(name: str) -> Path:
     'zero3.yaml'
     ```
     """
-    path = Path(str(files(__name__) / name))
+    root = Path(str(files(__name__)))
+    path = root / name
     if not path.is_file():
-        raise FileNotFoundError(f"no recipe {name!r} in {path.parent}")
+        shipped = sorted(str(p.relative_to(root)) for p in root.rglob("*.yaml"))
+        raise FileNotFoundError(f"recipe {name!r} is neither a file nor a recipe shipped with bis_prm ({shipped})")
     return path

@@ -295,3 +295,45 @@ def test_two_processes_on_a_zipped_corpus_with_an_empty_cache(assets, tmp_path):
     extracted = [p for p in (env_cache / "bis_prm" / "visualprm400k").iterdir() if p.is_dir()]
     assert len(extracted) == 1 and (extracted[0] / ".extracted").is_file()
     assert json.loads((workdir / "data" / "zipped" / "trainer_state.json").read_text())["global_step"] == 4
+
+
+def test_packed_training_learns_like_padded_training(assets, tmp_path):
+    """The tiny recipe on the sample, 200 steps padded and packed (`padding_free`): the same start, the same progress
+    (the two runs differ by float rounding, which Adam amplifies over many steps)."""
+    workdir = _tiny_recipe_workdir(tmp_path, assets["model"])
+    histories = {}
+    for padding_free in ("false", "true"):
+        output = workdir / "data" / f"packed_{padding_free}"
+        overrides = ["--padding_free", padding_free, "--max_steps", "200", "--logging_steps", "20"]
+        overrides += ["--output_dir", str(output), "--eval_ratio", "0", "--disable_tqdm", "true"]
+        recipe = ["--config", str(workdir / "recipes" / "tiny" / "config_sample.yaml"), *overrides]
+        cwd = os.getcwd()
+        os.chdir(workdir)  # the recipe's paths are relative to where it runs
+        try:
+            main(*parse_recipe(recipe))
+        finally:
+            os.chdir(cwd)
+        history = json.loads((output / "trainer_state.json").read_text())["log_history"]
+        histories[padding_free] = [entry["loss"] for entry in history if "loss" in entry]
+    padded, packed = histories["false"], histories["true"]
+    assert len(padded) == len(packed) == 10
+    assert packed[:2] == pytest.approx(padded[:2], rel=1e-3)
+    final_padded, final_packed = sum(padded[-3:]) / 3, sum(packed[-3:]) / 3
+    assert final_padded < 0.9 * padded[0] and final_packed < 0.9 * packed[0]
+    assert final_packed == pytest.approx(final_padded, rel=0.05)
+
+
+def test_bis_prm_train_runs_a_recipe_and_refuses_a_missing_one(assets, tmp_path, capsys):
+    from bis_prm.cli import main as cli
+
+    Dataset = pytest.importorskip("datasets").Dataset
+    Dataset.from_list(prm_dataset(assets["images"], num_rows=4).to_list()).to_parquet(tmp_path / "subset.parquet")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model_name_or_path: {assets['model']}\ndataset_name: {tmp_path / 'subset.parquet'}\nhead: linear\n"
+        "bf16: false\nactivation_checkpointing: false\nmax_steps: 5\nsave_strategy: 'no'\nreport_to: none\n"
+    )
+    assert cli(["train", "--config", str(recipe), "--max_steps", "2", "--output_dir", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 2  # the override won
+    assert cli(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "bis-prm train: error: recipe" in capsys.readouterr().err

@@ -183,10 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bis-prm` console script; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    # `bis-prm train` hands its arguments to the recipe parser, which knows every training option
+    args, extra = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    if extra and not getattr(args, "passes_extra_arguments", False):
+        print(f"bis-prm {args.command}: error: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
+        return 2
+    args.extra_arguments = extra
     try:
         return int(args.func(args) or 0)
     except CommandError as error:

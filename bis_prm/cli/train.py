@@ -14,8 +14,7 @@ def add_parser(subparsers, name: str, help: str) -> None:
         add_help=False,  # --help goes to the recipe parser, which knows every option
         description="Train a PRM with a YAML recipe; any recipe key can be overridden (`--learning_rate 2e-5`).",
     )
-    parser.add_argument("recipe_args", nargs=argparse.REMAINDER)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, passes_extra_arguments=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from bis_prm.training.script import parse_recipe
 
     try:
-        script_args, training_args, model_args = parse_recipe(args.recipe_args, prog="bis-prm train")
+        script_args, training_args, model_args = parse_recipe(args.extra_arguments, prog="bis-prm train")
     except (FileNotFoundError, ValueError) as error:
         raise CommandError(str(error)) from None
     train(script_args, training_args, model_args)

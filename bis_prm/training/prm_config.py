@@ -64,6 +64,10 @@ class PRMConfig(_BaseConfig):
             the processor's setting.
         max_images (`int`, *optional*):
             Rollouts with more images are given to the model as one grid of them. `None` passes every image.
+        padding_free (`bool`, *optional*, defaults to `False`):
+            Pack the rollouts of each micro-batch into one row without padding (TRL's option name): positions restart
+            at every rollout and no token attends across rollouts (`flash_attention_2` varlen on a GPU; exact on any
+            attention implementation). The loss and its normalisation are those of the padded batch.
         dataset_num_proc (`int`, *optional*):
             Number of processes that prepare the dataset (the row checks open every image header).
 
@@ -154,6 +158,10 @@ class PRMConfig(_BaseConfig):
     )
     max_images: int | None = field(
         default=None, metadata={"help": "Tile rollouts with more images than this into one grid."}
+    )
+    padding_free: bool = field(
+        default=False,
+        metadata={"help": "Pack each micro-batch into one row without padding; positions restart at every rollout."},
     )
     dataset_num_proc: int | None = field(
         default=None, metadata={"help": "Number of processes used to prepare the dataset."}

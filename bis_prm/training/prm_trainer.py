@@ -261,6 +261,7 @@ class PRMTrainer(_BaseTrainer):
             logger.warning("`model_init_kwargs` is ignored: the model is already instantiated.")
         if args.freeze_vision_tower:
             freeze_vision_tower(model)
+        base_model = model.base_model
 
         # Processing class
         if processing_class is None:
@@ -281,7 +282,13 @@ class PRMTrainer(_BaseTrainer):
         # Data collator
         if data_collator is None:
             collator = PRMCollator(
-                processing_class, step_token=args.step_token, max_length=args.max_length, max_images=args.max_images
+                processing_class,
+                step_token=args.step_token,
+                max_length=args.max_length,
+                max_images=args.max_images,
+                padding_free=args.padding_free,
+                # multimodal rotary positions (Qwen2-VL family) are computed per rollout when rollouts are packed
+                rope_index=getattr(base_model, "get_rope_index", None),
             )
             data_collator = SkippingCollator(collator, fallback=train_dataset[0])
 

@@ -22,6 +22,7 @@ from trl import ModelConfig, TrlParser
 
 from bis_prm.data.formats import read_selection_report
 from bis_prm.model.modeling_prm import prm_lora_config
+from bis_prm.recipes import recipe_path
 from bis_prm.training.prm_config import PRMConfig
 from bis_prm.training.prm_trainer import PRMTrainer
 
@@ -246,10 +247,11 @@ def parse_recipe(
 ) -> tuple[ScriptArguments, PRMConfig, ModelConfig]:
     """
     Parse `--config RECIPE.yaml` and command-line overrides into the three argument groups of [`main`], as
-    `recipes/train.py` and `bis-prm train` do.
+    `recipes/train.py` and `bis-prm train` do. A `--config` that is not a file may name a recipe shipped with bis_prm
+    (`tiny/config_sample.yaml`, `qwen2_5_vl_7b/bis10.yaml`, ...).
 
     Raises:
-        `FileNotFoundError`: when the recipe file does not exist.
+        `FileNotFoundError`: when the recipe is neither a file nor a shipped recipe.
 
     Example:
 
@@ -257,11 +259,12 @@ def parse_recipe(
     >>> script_args, training_args, model_args = parse_recipe(["--config", "recipe.yaml", "--max_steps", "10"])
     ```
     """
-    argv = list(argv) if argv is not None else None
-    if argv is not None and "--config" in argv:
-        recipe = argv[argv.index("--config") + 1] if argv.index("--config") + 1 < len(argv) else ""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv:
+        index = argv.index("--config") + 1
+        recipe = argv[index] if index < len(argv) else ""
         if not os.path.isfile(recipe):
-            raise FileNotFoundError(f"recipe {recipe!r} not found")
+            argv[index] = str(recipe_path(recipe))
     parser = TrlParser((ScriptArguments, PRMConfig, ModelConfig), prog=prog)
     return parser.parse_args_and_config(argv)
 
