@@ -354,3 +354,25 @@ def test_hub_style_image_features(assets, tmp_path):
     assert batch["pixel_values"].shape[0] > 0 and (batch["labels"] != -100).sum() == sum(
         len(steps) for steps in train["steps"][:2]
     )
+
+
+def test_liger_kernels_go_into_the_backbone_without_the_lm_head_loss(assets, tmp_path, monkeypatch):
+    import bis_prm.training.prm_trainer as prm_trainer
+
+    calls = []
+    monkeypatch.setattr(prm_trainer, "apply_liger_kernel", lambda model, config: calls.append((model, config)))
+    args = tiny_config(tmp_path, use_liger_kernel=True, liger_kernel_config={"rope": False})
+    trainer = PRMTrainer(assets["model"], args=args, train_dataset=prm_dataset(assets["images"]))
+    [(model, config)] = calls
+    assert model is trainer.model.model and type(model).__name__ == "Qwen2_5_VLModel"
+    assert config == {"rope": False, "fused_linear_cross_entropy": False}
+    assert not trainer.args.use_liger_kernel  # the Trainer does not patch the PRM class a second time
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Liger's Triton kernels need a GPU")
+def test_training_with_liger_kernels_on_a_gpu(assets, tmp_path):
+    pytest.importorskip("liger_kernel")
+    args = tiny_config(tmp_path, use_liger_kernel=True, max_steps=2, bf16=True)
+    trainer = PRMTrainer(assets["model"], args=args, train_dataset=prm_dataset(assets["images"]))
+    trainer.train()
+    assert trainer.state.global_step == 2

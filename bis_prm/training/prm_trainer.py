@@ -41,6 +41,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin, TrainerCallback, set_seed
+from transformers.integrations.liger import apply_liger_kernel
 from transformers.trainer_utils import EvalPrediction
 from transformers.utils import is_peft_available
 from trl.trainer.base_trainer import _BaseTrainer
@@ -262,6 +263,13 @@ class PRMTrainer(_BaseTrainer):
         if args.freeze_vision_tower:
             freeze_vision_tower(model)
         base_model = model.base_model
+        if args.use_liger_kernel:
+            # Liger's kernels go into the backbone. Its fused LM-head loss has no place in a PRM (there is no LM
+            # head), and the Trainer would hand Liger the whole PRM, a class it does not know: patch the base model
+            # here and tell the Trainer it is done
+            kernel_config = {**(args.liger_kernel_config or {}), "fused_linear_cross_entropy": False}
+            apply_liger_kernel(base_model, kernel_config)
+            args.use_liger_kernel = False
 
         # Processing class
         if processing_class is None:
