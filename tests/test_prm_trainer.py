@@ -267,8 +267,8 @@ def test_train_loss_decreases_saves_and_scores(assets, tmp_path):
     np.testing.assert_allclose(sum(scores, []), sum(trained_scores, []), atol=1e-5)
 
 
-def _one_step_gradients(assets, output_dir, batch_size, accumulation):
-    train = prm_dataset(assets["images"], num_rows=4)
+def _one_step_gradients(assets, output_dir, batch_size, accumulation, num_rows=4):
+    train = prm_dataset(assets["images"], num_rows=num_rows)
     args = tiny_config(
         output_dir,
         max_steps=1,
@@ -331,6 +331,67 @@ def test_group_by_length_adds_total_token_lengths(assets, tmp_path):
     assert len(set(expected)) > 1
     trainer.train()
     assert trainer.state.global_step == 1
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_batch_rebalance_balances_total_tokens_and_packed_accumulation_matches_a_full_batch(
+    assets, tmp_path, padding_free
+):
+    from transformers.trainer_pt_utils import BatchRebalanceSampler
+
+    from bis_prm.training.sampling import PackedBatchRebalanceSampler
+
+    train = prm_dataset(assets["images"], num_rows=8)
+    args = tiny_config(
+        tmp_path,
+        train_sampling_strategy="batch_rebalance",
+        padding_free=padding_free,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=4,
+        max_steps=1,
+    )
+    trainer = PRMTrainer(assets["model"], args=args, train_dataset=train)
+    sampler = trainer._get_train_sampler()
+    assert type(sampler) is (PackedBatchRebalanceSampler if padding_free else BatchRebalanceSampler)
+    # the lengths it balances are total tokens, image tokens included
+    assert sampler.lengths == trainer.train_dataset["length"]
+    # one optimizer step holds every rollout once, in 4 micro-batches
+    micro_batches = list(sampler)
+    assert len(micro_batches) == 4 and sorted(sum(micro_batches, [])) == list(range(8))
+    if padding_free:
+        # the first optimizer step of a packed run: the gradient of its 8 rollouts, as one full batch gives it
+        before = state_dict_cpu(trainer.model)
+        trainer.args.optim, trainer.args.learning_rate, trainer.args.weight_decay = "sgd", 1.0, 0.0
+        trainer.args.max_grad_norm = 1e9
+        trainer.train()
+        rebalanced = before["score.weight"] - state_dict_cpu(trainer.model)["score.weight"]
+        _, full = _one_step_gradients(assets, tmp_path / "full", batch_size=8, accumulation=1, num_rows=8)
+        torch.testing.assert_close(rebalanced, full["score.weight"], rtol=1e-4, atol=1e-6)
+
+
+def test_packed_rebalance_deals_equal_tokens_to_every_rank_and_slot():
+    from transformers.trainer_pt_utils import BatchRebalanceSampler
+
+    from bis_prm.training.sampling import PackedBatchRebalanceSampler
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(400, 3000, size=1024).tolist()
+    ranks, accumulation = 8, 8
+
+    def per_rank(sampler_class):
+        return [list(sampler_class(lengths, 512, ranks, accumulation, rank=r)) for r in range(ranks)]
+
+    packed, padded = per_rank(PackedBatchRebalanceSampler), per_rank(BatchRebalanceSampler)
+    for step in range(2):
+        slots = range(step * accumulation, (step + 1) * accumulation)
+        # the same global batch as transformers' sampler, every rollout once
+        ours = sorted(i for rank in packed for k in slots for i in rank[k])
+        theirs = sorted(i for rank in padded for k in slots for i in rank[k])
+        assert ours == theirs and len(set(ours)) == 512
+    # every micro-batch slot: the slowest rank holds at most 3 % more tokens than the average
+    for k in range(2 * accumulation):
+        tokens = [sum(lengths[i] for i in rank[k]) for rank in packed]
+        assert max(tokens) <= 1.03 * np.mean(tokens)
 
 
 def test_soft_labels_and_field_names(assets, tmp_path):

@@ -42,6 +42,7 @@ from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin, TrainerCallback, set_seed
 from transformers.integrations.liger import apply_liger_kernel
+from transformers.trainer_pt_utils import BatchRebalanceSampler
 from transformers.trainer_utils import EvalPrediction
 from transformers.utils import is_peft_available
 from trl.trainer.base_trainer import _BaseTrainer
@@ -53,6 +54,7 @@ from bis_prm.model.vision_tower import freeze_vision_tower
 from bis_prm.training.dataset import DatasetCheck, PRMDatasetError, check_columns, prepare_prm_dataset
 from bis_prm.training.model_card import CITATION, write_model_card
 from bis_prm.training.prm_config import PRMConfig
+from bis_prm.training.sampling import PackedBatchRebalanceSampler
 
 if is_peft_available():
     from peft import PeftConfig, get_peft_model
@@ -288,6 +290,14 @@ class PRMTrainer(_BaseTrainer):
                 model.enable_input_require_grads()
 
         # Data collator
+        attention = getattr(model.config, "_attn_implementation", None) or ""
+        if args.padding_free and torch.cuda.is_available() and not attention.startswith("flash"):
+            logger.warning(
+                f"`padding_free` with `attn_implementation={attention!r}`: packed rows attend through a dense "
+                "block-diagonal mask (exact, but quadratic in the length of the whole row). `flash_attention_2` "
+                'attends within each rollout only: pip install "bis_prm[gpu]" and set `attn_implementation: '
+                "flash_attention_2`."
+            )
         if data_collator is None:
             collator = PRMCollator(
                 processing_class,
@@ -300,10 +310,9 @@ class PRMTrainer(_BaseTrainer):
             )
             data_collator = SkippingCollator(collator, fallback=train_dataset[0])
 
-        if (
-            args.train_sampling_strategy == "group_by_length"
-            and args.length_column_name not in train_dataset.column_names
-        ):
+        # the length-aware samplers (`group_by_length`, `batch_rebalance`) see total tokens, image tokens included
+        length_aware = args.train_sampling_strategy in ("group_by_length", "batch_rebalance")
+        if length_aware and args.length_column_name not in train_dataset.column_names:
             train_dataset = _with_lengths(train_dataset, processing_class, args)
 
         if compute_metrics is None:
@@ -335,6 +344,22 @@ class PRMTrainer(_BaseTrainer):
         self._first_batch = True
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if self.args.padding_free and type(sampler) is BatchRebalanceSampler:
+            # packed micro-batches cost their total tokens, not rollouts x longest rollout
+            sampler = PackedBatchRebalanceSampler(
+                sampler.lengths,
+                sampler.effective_batch_size,
+                sampler.dp_size,
+                sampler.grad_accum,
+                shuffle=sampler.shuffle,
+                seed=sampler.seed,
+                rank=sampler.rank,
+                drop_last=sampler.drop_last,
+            )
+        return sampler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -483,7 +508,7 @@ def _lengths_batch(batch: dict[str, list], processor, step_token: str, max_image
 
 def _with_lengths(dataset: Dataset, processor, args: PRMConfig) -> Dataset:
     """The dataset with a length column: total tokens of each rollout (text + image tokens, image sizes from the
-    file headers), so that `group_by_length` groups rollouts whose image tokens are alike too."""
+    file headers), so that the length-aware samplers group and balance rollouts by the tokens they really cost."""
     lengths = dataset.select_columns(["image", "question", "steps"]).map(
         _lengths_batch,
         batched=True,
