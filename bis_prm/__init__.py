@@ -24,6 +24,7 @@ _EXPORTS = {
     "select_bis": "bis_prm.data.selection",
     "build_subset": "bis_prm.data.selection",
     "subset_report": "bis_prm.data.selection",
+    "stream_selection": "bis_prm.data.streaming",
     "to_prm_format": "bis_prm.data.formats",
     "write_subset": "bis_prm.data.formats",
     "build_dataset_card": "bis_prm.data.dataset_card",

@@ -22,14 +22,17 @@ __all__ = [
     "QWEN2_5_VL_7B_SHAPES",
     "REAL_MAX_PIXELS",
     "TINY_ARCHITECTURES",
+    "TINY_TEXT_ARCHITECTURES",
     "VISUALPROCESSBENCH_SOURCES",
     "make_corpus",
+    "make_tiny_lm",
     "make_tiny_vlm",
     "tiny_tokenizer",
     "write_visualprocessbench",
 ]
 
 TINY_ARCHITECTURES = ("qwen2_5_vl", "internvl", "llava", "qwen2_vl")
+TINY_TEXT_ARCHITECTURES = ("qwen2", "llama")
 
 _HIDDEN = 64
 _VISION_HIDDEN = 32
@@ -80,6 +83,8 @@ _SPECIAL_TOKENS = {
     "llava": ({"image_token": "<image>"}, "<image>\n"),
 }
 _SPECIAL_TOKENS["qwen2_vl"] = _SPECIAL_TOKENS["qwen2_5_vl"]
+for _text_arch in TINY_TEXT_ARCHITECTURES:
+    _SPECIAL_TOKENS[_text_arch] = ({}, "")
 
 _CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -115,7 +120,9 @@ def tiny_tokenizer(arch: str = "qwen2_5_vl", vocab_size: int = 600) -> PreTraine
     ```
     """
     if arch not in _SPECIAL_TOKENS:
-        raise ValueError(f"Unknown tiny architecture {arch!r}; choose one of {TINY_ARCHITECTURES}.")
+        raise ValueError(
+            f"Unknown tiny architecture {arch!r}; choose one of {TINY_ARCHITECTURES + TINY_TEXT_ARCHITECTURES}."
+        )
     named_tokens, image_placeholder = _SPECIAL_TOKENS[arch]
     special_tokens = [_EOS, _IM_START, _IM_END, *named_tokens.values()]
 
@@ -377,6 +384,54 @@ def make_tiny_vlm(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    return path
+
+
+def make_tiny_lm(arch: str, path: str | os.PathLike, seed: int = 0, chat_template: bool = True, **overrides) -> Path:
+    """
+    Write a tiny random causal LM checkpoint and its tokenizer to `path`, without any network access: the base of a
+    text PRM.
+
+    Args:
+        arch (`str`):
+            `"qwen2"` (`Qwen2ForCausalLM`, a real `Qwen2Config`) or `"llama"` (`LlamaForCausalLM`).
+        path (`str` or `os.PathLike`):
+            Output directory (created if needed).
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the random weights.
+        chat_template (`bool`, *optional*, defaults to `True`):
+            Give the tokenizer a ChatML chat template, as instruct models have; `False` makes a base model's
+            tokenizer (no template).
+        **overrides:
+            Fields of the model config (e.g. `hidden_size`).
+
+    Returns:
+        `Path`: the output directory.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoModelForCausalLM, AutoTokenizer
+    >>> path = make_tiny_lm("qwen2", "/tmp/tiny-qwen2")
+    >>> AutoModelForCausalLM.from_pretrained(path).config.model_type
+    'qwen2'
+    ```
+    """
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    if arch not in TINY_TEXT_ARCHITECTURES:
+        raise ValueError(f"Unknown tiny text architecture {arch!r}; choose one of {TINY_TEXT_ARCHITECTURES}.")
+    path = Path(path)
+    tokenizer = tiny_tokenizer(arch)
+    if not chat_template:
+        tokenizer.chat_template = None
+    config_class = Qwen2Config if arch == "qwen2" else LlamaConfig
+    config = config_class(**{**_text_config(tokenizer), "tie_word_embeddings": True, **overrides})
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path
 
 

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -213,7 +214,11 @@ def test_peft_config_is_token_classification_on_the_language_model():
     assert get_prm_peft_config(ModelConfig()) is None
     config = get_prm_peft_config(ModelConfig(use_peft=True, lora_r=8, lora_task_type="CAUSAL_LM"))
     assert (config.task_type, config.r) == ("TOKEN_CLS", 8)
-    assert "language_model" in config.target_modules and "score" in config.modules_to_save
+    assert "score" in config.modules_to_save
+    # the language model's projections (of a VLM or a text LM), not the vision encoder's
+    on = ["model.language_model.layers.0.self_attn.q_proj", "model.layers.3.mlp.down_proj"]
+    off = ["model.visual.blocks.0.mlp.gate_proj", "model.vision_tower.encoder.layer.0.attention.q_proj", "score"]
+    assert [bool(re.fullmatch(config.target_modules, name)) for name in on + off] == [True, True, False, False, False]
     custom = get_prm_peft_config(ModelConfig(use_peft=True, lora_target_modules=["q_proj"]))
     assert custom.target_modules in ("q_proj", {"q_proj"})  # ModelConfig unwraps a one-item list
 

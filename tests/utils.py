@@ -13,7 +13,7 @@ import torch
 from datasets import Dataset
 from PIL import Image
 
-from bis_prm.testing import make_tiny_vlm
+from bis_prm.testing import TINY_TEXT_ARCHITECTURES, make_tiny_lm, make_tiny_vlm
 from bis_prm.training.prm_config import PRMConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,11 +24,15 @@ _BUILT: dict[str, Path] = {}
 
 
 def tiny_base(arch: str, tmp_path_factory) -> Path:
-    """Build the tiny base checkpoint of `arch` once per test session; `"<arch>-tied"` ties the LM head."""
+    """Build the tiny base checkpoint of `arch` once per test session; `"<arch>-tied"` ties the LM head (VLMs),
+    `"<arch>-base"` has no chat template (text LMs)."""
     if arch not in _BUILT:
         name, _, tied = arch.partition("-")
         overrides = {"tie_word_embeddings": True} if tied else {}
-        _BUILT[arch] = make_tiny_vlm(name, tmp_path_factory.mktemp(f"tiny-{arch}"), **overrides)
+        if name in TINY_TEXT_ARCHITECTURES:  # "<arch>-base": a base LM's tokenizer, without a chat template
+            _BUILT[arch] = make_tiny_lm(name, tmp_path_factory.mktemp(f"tiny-{arch}"), chat_template=tied != "base")
+        else:
+            _BUILT[arch] = make_tiny_vlm(name, tmp_path_factory.mktemp(f"tiny-{arch}"), **overrides)
     return _BUILT[arch]
 
 

@@ -20,7 +20,10 @@ from pathlib import Path
 
 # sub-command name -> (module, one-line help); the module is imported lazily
 COMMANDS = {
-    "select": ("bis_prm.cli.select", "Score VisualPRM400K-style rollouts and write a BIS (or baseline) subset."),
+    "select": (
+        "bis_prm.cli.select",
+        "Score MC-annotated rollouts (VisualPRM400K or any stepwise corpus) and write a BIS subset.",
+    ),
     "train": ("bis_prm.cli.train", "Train a PRM with a recipe (the code of recipes/train.py)."),
     "eval": ("bis_prm.cli.eval", "Evaluate a PRM on VisualProcessBench (or a benchmark in its layout)."),
     "bon": ("bis_prm.cli.bon", "Best-of-N: rerank candidate solutions by aggregated step scores."),
@@ -28,6 +31,10 @@ COMMANDS = {
     "make-tiny-vlm": (
         "bis_prm.cli.make_tiny_vlm",
         "Write a tiny random VLM checkpoint (offline) for tests and demos.",
+    ),
+    "make-tiny-lm": (
+        "bis_prm.cli.make_tiny_vlm",
+        "Write a tiny random text LM checkpoint (offline), the base of a text PRM, for tests and demos.",
     ),
     "publish-metric": ("bis_prm.cli.publish_metric", "Publish the visualprocessbench metric as a Hub Space."),
     "quickstart": ("bis_prm.cli.quickstart", "Run selection -> training -> evaluation on the embedded sample."),

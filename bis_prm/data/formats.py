@@ -1,13 +1,13 @@
-"""Output formats of a selected subset: the HF PRM format our trainer reads, and the InternVL conversation JSONL.
+"""Output formats of a selected subset: the HF PRM format our trainer reads, and the InternVL conversation JSONL
+(written by [`~bis_prm.data.internvl`]).
 
 The HF PRM format has the columns `image` (list of paths relative to `image_root`), `image_root`, `question`, `steps`
 (list of str), `labels` (list of float), `mc_scores`, `p_pos`, `reliability`, `bis`, `is_mixed` and `source`. A subset
 written to a file records `image_root` relative to the file's folder (to the directory for `save_to_disk`), so the
 subset and its corpus can move together to another machine: training resolves the images wherever they are.
 
-The InternVL format is the one the paper's `build_bis_subset.py` writes, byte for byte:
-`{"image": ..., "conversations": [{"from": "human", "value": "Question: ...\\nProcess: step1<prm>\\n\\nstep2<prm>"},
-{"from": "gpt", "value": [1.0, 0.0]}]}`.
+The InternVL format is the one the paper's `build_bis_subset.py` writes, byte for byte (see
+[`~bis_prm.data.internvl`]), with the hard labels or, with `label_mode="soft"`, the MC scores as the gpt value.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrow_utils import arrow_columns, list_array, list_parts
-from .prompt import prompt_column
+# `internvl_lines` is re-exported: the InternVL format was written here before it got its own module
+from .internvl import LABEL_MODES, internvl_lines, write_internvl_jsonl  # noqa: F401
 
 PRM_COLUMNS = (
     "image", "image_root", "question", "steps", "labels", "mc_scores", "p_pos", "reliability", "bis", "is_mixed",
@@ -32,11 +31,18 @@ PRM_COLUMNS = (
 # what an output path may end with (a path without a suffix is a `save_to_disk` directory)
 OUTPUT_SUFFIXES = {"hf": (".jsonl", ".parquet", ""), "internvl": (".jsonl",)}
 FORMATS = ("hf", "internvl")
-# what `json.dumps(..., ensure_ascii=False)` escapes besides the other control characters (as \u00XX)
-_JSON_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
 
 
-def _prm_batch(batch: pa.Table, image_root: str | None) -> pa.Table:
+def prm_batch(batch: pa.Table, image_root: str | None) -> pa.Table:
+    """
+    One batch of scored rollouts in the HF PRM format (the transform of [`to_prm_format`]), `image_root` recorded
+    as given.
+
+    Example:
+
+    >>> prm_batch(scored.with_format("arrow")[:2], "/data/corpus").column_names[:4]
+    ['image', 'image_root', 'question', 'steps']
+    """
     image = batch.column("image").combine_chunks()
     question_orig = batch.column("question_orig")
     question = pc.if_else(pc.equal(question_orig, ""), batch.column("question"), question_orig)
@@ -78,67 +84,9 @@ def to_prm_format(ds: datasets.Dataset, image_root: str | os.PathLike | None = N
     root = None if image_root is None else str(Path(image_root).resolve())
     map_kwargs = {"batched": True, "desc": "Converting to PRM format", **map_kwargs}
     converted = ds.with_format("arrow").map(
-        _prm_batch, fn_kwargs={"image_root": root}, remove_columns=ds.column_names, **map_kwargs
+        prm_batch, fn_kwargs={"image_root": root}, remove_columns=ds.column_names, **map_kwargs
     )
     return converted.with_format(None)
-
-
-def _json_string(strings: pa.StringArray) -> pa.Array:
-    """`json.dumps(s, ensure_ascii=False)` of every string, vectorised."""
-    data = strings.buffers()[2]
-    # ASCII bytes stand for themselves in UTF-8, so the bytes present say which characters need escaping at all
-    data = np.frombuffer(data, dtype=np.uint8) if data else np.zeros(0, dtype=np.uint8)
-    present = {chr(code) for code in np.unique(data[data < 0x20])}
-    present |= {char for char in '"\\' if (data == ord(char)).any()}
-    for char, escaped in _JSON_ESCAPES.items():  # backslash first, so inserted backslashes stay single
-        if char in present:
-            strings = pc.replace_substring(strings, char, escaped)
-    for char in sorted(present - _JSON_ESCAPES.keys()):
-        strings = pc.replace_substring(strings, char, f"\\u{ord(char):04x}")
-    return pc.binary_join_element_wise('"', strings, '"', "")
-
-
-def _join_lists(lists: pa.ListArray, values: pa.Array, separator: str) -> pa.Array:
-    """Join the strings of each list, after replacing the flat values of `lists` by `values`."""
-    lengths, _ = list_parts(lists)
-    return pc.binary_join(list_array(lengths, values), separator)
-
-
-def internvl_lines(batch: pa.Table) -> pa.Array:
-    """
-    The InternVL conversation record of each scored rollout of `batch` as one JSON line, exactly as the reference
-    code writes it: `json.dumps({"image": <as in the raw file>, "conversations": [{"from": "human", "value":
-    "Question: <question_orig or question>\\nProcess: <step 1><prm>\\n\\n<step 2><prm>"}, {"from": "gpt",
-    "value": [1.0, 0.0]}]}, ensure_ascii=False)`, question and steps stripped like `str.strip`.
-
-    Example:
-
-    >>> batch = pa.table({"image": [["a.png"]], "image_is_list": [False], "question": ["<image>\\nQ"],
-    ...                   "question_orig": ["Q "], "steps": [["s1 ", "s2"]], "labels": [[1.0, 0.0]]})
-    >>> json.loads(internvl_lines(batch)[0].as_py())["conversations"][0]["value"]
-    'Question: Q\\nProcess: s1<prm>\\n\\ns2<prm>'
-    """
-    names = ("image", "image_is_list", "question", "question_orig", "steps", "labels")
-    images, is_list, question, question_orig, steps, labels = (batch.column(n).combine_chunks() for n in names)
-    joined_images = _join_lists(images, _json_string(pc.list_flatten(images)), ", ")
-    image = pc.if_else(is_list, pc.binary_join_element_wise("[", joined_images, "]", ""), joined_images)
-    human = prompt_column(pc.if_else(pc.equal(question_orig, ""), question, question_orig), steps)
-    label_text = pc.if_else(pc.greater(pc.list_flatten(labels), 0.0), "1.0", "0.0")
-    parts = ['{"image": ', image, ', "conversations": [{"from": "human", "value": ', _json_string(human)]
-    parts += ['}, {"from": "gpt", "value": [', _join_lists(labels, label_text, ", "), "]}]}"]
-    return pc.binary_join_element_wise(*parts, "")
-
-
-def write_internvl_jsonl(ds: datasets.Dataset, path: str | os.PathLike, batch_size: int = 10_000) -> None:
-    """Write scored rollouts as InternVL conversation JSONL (see [`internvl_lines`])."""
-    columns = ["image", "image_is_list", "question", "question_orig", "steps", "labels"]
-    rollouts = arrow_columns(ds, columns)
-    with open(path, "wb") as f:
-        for start in range(0, len(rollouts), batch_size):
-            lines = pc.binary_join_element_wise(internvl_lines(rollouts.slice(start, batch_size)), "\n", "")
-            # the UTF-8 bytes of all lines are contiguous in the array's data buffer: write them as they are
-            offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
-            f.write(memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]])
 
 
 def check_output_path(path: str | os.PathLike, format: str = "hf") -> Path:
@@ -163,6 +111,28 @@ def check_output_path(path: str | os.PathLike, format: str = "hf") -> Path:
         kinds = where.replace(".jsonl or .parquet", ".jsonl or .parquet file")
         raise ValueError(f"output {path}: the {format} format is written to a {kinds}")
     return path
+
+
+def check_label_mode(label_mode: str, format: str = "hf") -> None:
+    """
+    Check that a subset in `format` can be written with `label_mode`; a `ValueError` says what is wrong.
+
+    Example:
+
+    ```python
+    >>> check_label_mode("soft", "hf")
+    Traceback (most recent call last):
+    ...
+    ValueError: label mode soft is for the internvl format: the hf format holds both labels and mc_scores ...
+    ```
+    """
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"unknown label mode {label_mode!r}; choose one of {', '.join(LABEL_MODES)}")
+    if label_mode == "soft" and format != "internvl":
+        raise ValueError(
+            f"label mode soft is for the internvl format: the {format} format holds both labels and mc_scores "
+            "(training takes the MC scores with label_mode: soft)"
+        )
 
 
 def _relative_roots(ds: datasets.Dataset, base: Path) -> datasets.Dataset:
@@ -193,12 +163,31 @@ def read_selection_report(path: str | os.PathLike) -> dict[str, Any] | None:
     return json.loads(report.read_text(encoding="utf-8")) if report.is_file() else None
 
 
+def write_selection_report(path: str | os.PathLike, report: dict[str, Any]) -> None:
+    """Write the selection report of the subset written to `path` where [`read_selection_report`] finds it."""
+    selection_report_path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_hf(ds: datasets.Dataset, path: Path, image_root: str | os.PathLike | None) -> None:
+    if "image_is_list" in ds.column_names:
+        ds = to_prm_format(ds, image_root=image_root)
+    if "image_root" in ds.column_names:
+        ds = _relative_roots(ds, path.resolve() if path.suffix == "" else path.resolve().parent)
+    if path.suffix == ".jsonl":
+        ds.to_json(path, lines=True, force_ascii=False)
+    elif path.suffix == ".parquet":
+        ds.to_parquet(path)
+    else:
+        ds.save_to_disk(str(path))
+
+
 def write_subset(
     ds: datasets.Dataset,
     path: str | os.PathLike,
     format: str = "hf",
     image_root: str | os.PathLike | None = None,
     report: dict[str, Any] | None = None,
+    label_mode: str = "hard",
 ) -> None:
     """
     Write a selected subset to `path`.
@@ -217,27 +206,24 @@ def write_subset(
         report (`dict`, *optional*):
             The selection report, written next to the subset (see [`selection_report_path`]) so that training can
             put it in the model card.
+        label_mode (`str`, *optional*, defaults to `"hard"`):
+            The targets of an `internvl` file: `"hard"`, the labels (`1.0` / `0.0`); `"soft"`, the MC scores (the
+            reference code's `converted_soft`). The `hf` format always holds both (`labels` and `mc_scores`; training
+            picks one with `PRMConfig.label_mode`), so `"soft"` is refused there.
 
     Example:
 
     ```python
     >>> write_subset(subset, "bis10.jsonl", format="internvl")
+    >>> write_subset(subset, "bis10_soft.jsonl", format="internvl", label_mode="soft")
     ```
     """
     path = check_output_path(path, format)
+    check_label_mode(label_mode, format)
     path.parent.mkdir(parents=True, exist_ok=True)
     if format == "internvl":
-        write_internvl_jsonl(ds, path)
-        return
-    if "image_is_list" in ds.column_names:
-        ds = to_prm_format(ds, image_root=image_root)
-    if "image_root" in ds.column_names:
-        ds = _relative_roots(ds, path.resolve() if path.suffix == "" else path.resolve().parent)
-    if path.suffix == ".jsonl":
-        ds.to_json(path, lines=True, force_ascii=False)
-    elif path.suffix == ".parquet":
-        ds.to_parquet(path)
+        write_internvl_jsonl(ds, path, label_mode=label_mode)
     else:
-        ds.save_to_disk(str(path))
+        _write_hf(ds, path, image_root)
     if report is not None:
-        selection_report_path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_selection_report(path, report)

@@ -26,9 +26,21 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-__all__ = ["SAMPLE_SOURCES", "SampleConfig", "SamplePaths", "make_sample"]
+__all__ = [
+    "SAMPLE_SOURCES",
+    "TEXT_SAMPLE_DEFAULTS",
+    "TEXT_SAMPLE_SOURCES",
+    "SampleConfig",
+    "SamplePaths",
+    "make_sample",
+    "make_text_sample",
+]
 
 SAMPLE_SOURCES = ("colors", "shapes", "counting", "bar_charts", "digits")
+# the text-only sample: arithmetic, for text PRMs. Its policy errs more often (as in math MC corpora such as
+# Math-Shepherd, where about 40 % of the rollouts hold a wrong step).
+TEXT_SAMPLE_SOURCES = ("addition", "multiplication", "chains", "word_problems")
+TEXT_SAMPLE_DEFAULTS = {"sources": TEXT_SAMPLE_SOURCES, "corpus_error_rate": 0.4}
 RAW_IMAGE_DIR = "VisualPRM400K-v1.1-Raw"
 
 _COLORS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "yellow": (240, 220, 0)}
@@ -145,9 +157,11 @@ class SamplePaths:
     Args:
         root (`Path`): The output directory.
         corpus_root (`Path`): Root of the VisualPRM400K-v1.1-Raw-style corpus (image paths are relative to it).
-        annotations_dir (`Path`): `corpus_root / "annotations"`, one `<source>.jsonl` per source.
+        annotations_dir (`Path`): `corpus_root / "annotations"`, one `<source>.jsonl` per source (the text sample:
+            `corpus_root` itself).
         benchmark_dir (`Path`): Root of the VisualProcessBench-style benchmark (`test.jsonl`, `images/`).
         statistics (`dict`): Counts per source and the noise statistics, also written to `root / "statistics.json"`.
+        trl_file (`Path`, *optional*): The text sample's rollouts in TRL's stepwise-supervision format.
     """
 
     root: Path
@@ -155,6 +169,7 @@ class SamplePaths:
     annotations_dir: Path
     benchmark_dir: Path
     statistics: dict = field(default_factory=dict)
+    trl_file: Path | None = None
 
     @property
     def benchmark_file(self) -> Path:
@@ -430,7 +445,82 @@ _TASKS: dict[str, Callable[[random.Random, bool], _Task]] = {
     "bar_charts": lambda rng, multi: _bar_charts_task(rng),
     "digits": _digits_task,
 }
+
+
+# Text tasks: the numbers are in the question, so a "read" is copying a number from it (a misread is a copy error).
+
+
+def _given(name: str, value: int, render: Callable[[int], str]) -> _Stage:
+    return _read(name, value, range(0, 100), lambda env: render(env[name]))
+
+
+def _addition_task(rng: random.Random) -> _Task:
+    a, b = rng.randint(2, 20), rng.randint(2, 20)
+    stages = [
+        _given("a", a, lambda v: f"The first number is {v}."),
+        _given("b", b, lambda v: f"The second number is {v}."),
+        _sum("total", "a", "b"),
+        _answer("total"),
+    ]
+    return _Task(f"What is {a} plus {b}?", [], stages)
+
+
+def _multiplication_task(rng: random.Random) -> _Task:
+    a, b = rng.randint(2, 9), rng.randint(2, 9)
+    stages = [
+        _given("a", a, lambda v: f"The first factor is {v}."),
+        _given("b", b, lambda v: f"The second factor is {v}."),
+        _sum("product", "a", "b", op="x"),
+        _answer("product"),
+    ]
+    return _Task(f"What is {a} times {b}?", [], stages)
+
+
+def _chains_task(rng: random.Random) -> _Task:
+    a, b, c = rng.randint(2, 12), rng.randint(2, 12), rng.randint(2, 5)
+    stages = [
+        _given("a", a, lambda v: f"We start with {v}."),
+        _with_given("sum", "a", b, "+", lambda start, used, total: f"{start} + {used} = {total}."),
+        _Stage(
+            "product",
+            lambda env: env["sum"][2] * c,
+            _off_by(2, 4, maximum=1000),
+            lambda env: f"{env['sum'][2]} x {c} = {env['product']}.",
+        ),
+        _answer("product"),
+    ]
+    return _Task(f"Start with {a}, add {b}, then multiply by {c}. What is the result?", [], stages)
+
+
+def _word_problems_task(rng: random.Random) -> _Task:
+    name = rng.choice(("Tom", "Ana", "Lee", "Mia"))
+    owned, bags, per_bag = rng.randint(1, 9), rng.randint(2, 5), rng.randint(2, 6)
+    stages = [
+        _given("owned", owned, lambda v: f"{name} has {v} apples at first."),
+        _given("per_bag", per_bag, lambda v: f"Each bag holds {v} apples."),
+        _with_given("bought", "per_bag", bags, "x", lambda each, used, total: f"{used} x {each} = {total}."),
+        _Stage(
+            "total",
+            lambda env: env["owned"] + env["bought"][2],
+            _off_by(2, 4),
+            lambda env: f"{env['owned']} + {env['bought'][2]} = {env['total']}.",
+        ),
+        _answer("total"),
+    ]
+    question = f"{name} has {owned} apples and buys {bags} bags of {per_bag} apples each. How many apples now?"
+    return _Task(question, [], stages)
+
+
+_TASKS.update(
+    {
+        "addition": lambda rng, multi: _addition_task(rng),
+        "multiplication": lambda rng, multi: _multiplication_task(rng),
+        "chains": lambda rng, multi: _chains_task(rng),
+        "word_problems": lambda rng, multi: _word_problems_task(rng),
+    }
+)
 _NEUTRAL_STEPS = ("Let me look at the image.", "I will solve this step by step.")
+_TEXT_NEUTRAL_STEPS = ("Let me read the question.", "I will solve this step by step.")
 _INSTRUCTION = "Answer step by step and end with 'The answer is X.'"
 
 
@@ -448,7 +538,7 @@ def _rollout(task: _Task, error_rate: float, config: SampleConfig, rng: random.R
         error_at = rng.choices(range(len(task.stages)), weights=weights)[0]
     steps, correct, final = task.solve(error_at, rng)
     if rng.random() < config.neutral_step_rate:
-        steps, correct = [rng.choice(_NEUTRAL_STEPS), *steps], [None, *correct]
+        steps, correct = [rng.choice(_NEUTRAL_STEPS if task.images else _TEXT_NEUTRAL_STEPS), *steps], [None, *correct]
     return steps, correct, final
 
 
@@ -507,12 +597,16 @@ def _image_tokens(count: int) -> str:
     return "<image>\n" if count == 1 else "".join(f"Image-{i + 1}: <image>\n" for i in range(count))
 
 
-def _write_corpus(config: SampleConfig, corpus_root: Path) -> dict:
-    annotations_dir = corpus_root / "annotations"
+def _write_corpus(config: SampleConfig, corpus_root: Path, text: bool = False) -> dict:
+    """Write the training corpus: `annotations/<source>.jsonl` in the VisualPRM400K-Raw layout with images, or for
+    the text sample `<source>.jsonl` rows of `question`, `answer`, `steps`, `mc_scores` and a copy of every rollout
+    in TRL's stepwise-supervision format (`trl/train.jsonl`: `prompt`, `completions`, `labels`, MC score > 0)."""
+    annotations_dir = corpus_root if text else corpus_root / "annotations"
     annotations_dir.mkdir(parents=True, exist_ok=True)
     stats = {"sources": {}, "steps": 0, "negative_steps": 0, "wrong_steps": 0, "mixed_rollouts": 0}
     stats.update({"pseudo_positive_steps": 0, "low_reliability_positive_steps": 0, "multi_image_rollouts": 0})
     written: set[str] = set()
+    trl_rows = []
     for source_index, (source, count) in enumerate(
         zip(config.sources, _split(config.num_rollouts, len(config.sources)), strict=True)
     ):
@@ -524,25 +618,31 @@ def _write_corpus(config: SampleConfig, corpus_root: Path) -> dict:
             for _ in range(answers):
                 steps, correct, _ = _rollout(task, config.corpus_error_rate, config, rng)
                 counts = _mc_scores(correct, config, rng)
-                rows.append(
-                    {
-                        "image": images[0] if len(images) == 1 else images,
-                        "question": f"{_image_tokens(len(images))}{question_orig}\n{_INSTRUCTION}",
-                        "question_orig": question_orig,
-                        "answer": task.answer,
-                        "response": "\n\n".join(steps),
-                        "num_mc_sequences": config.num_mc_sequences,
-                        "steps_with_score": [
-                            {
-                                "step": step,
-                                "score": n / config.num_mc_sequences,
-                                "num_mc_correct": n,
-                                "num_mc_total": config.num_mc_sequences,
-                            }
-                            for step, n in zip(steps, counts, strict=True)
-                        ],
-                    }
-                )
+                scores = [n / config.num_mc_sequences for n in counts]
+                if text:
+                    question = f"{question_orig}\n{_INSTRUCTION}"
+                    rows.append({"question": question, "answer": task.answer, "steps": steps, "mc_scores": scores})
+                    trl_rows.append({"prompt": question, "completions": steps, "labels": [n > 0 for n in counts]})
+                else:
+                    rows.append(
+                        {
+                            "image": images[0] if len(images) == 1 else images,
+                            "question": f"{_image_tokens(len(images))}{question_orig}\n{_INSTRUCTION}",
+                            "question_orig": question_orig,
+                            "answer": task.answer,
+                            "response": "\n\n".join(steps),
+                            "num_mc_sequences": config.num_mc_sequences,
+                            "steps_with_score": [
+                                {
+                                    "step": step,
+                                    "score": score,
+                                    "num_mc_correct": n,
+                                    "num_mc_total": config.num_mc_sequences,
+                                }
+                                for step, score, n in zip(steps, scores, counts, strict=True)
+                            ],
+                        }
+                    )
                 positive = [n > 0 for n in counts]
                 stats["steps"] += len(steps)
                 stats["negative_steps"] += positive.count(False)
@@ -556,12 +656,19 @@ def _write_corpus(config: SampleConfig, corpus_root: Path) -> dict:
                     for ok, n in zip(correct, counts, strict=True)
                 )
                 stats["multi_image_rollouts"] += len(images) > 1
-        with open(annotations_dir / f"{source}.jsonl", "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        _write_jsonl(annotations_dir / f"{source}.jsonl", rows)
         stats["sources"][source] = len(rows)
+    if text:
+        _write_jsonl(corpus_root.parent / "trl" / "train.jsonl", trl_rows)
     stats["rollouts"] = sum(stats["sources"].values())
     stats["images"] = len(written)
     return stats
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def _write_benchmark(config: SampleConfig, benchmark_dir: Path) -> dict:
@@ -592,8 +699,7 @@ def _write_benchmark(config: SampleConfig, benchmark_dir: Path) -> dict:
                 stats["labels"][str(label)] += 1
             stats["multi_image_rows"] += len(images) > 1
         stats["sources"][source] = count
-    with open(benchmark_dir / "test.jsonl", "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    _write_jsonl(benchmark_dir / "test.jsonl", rows)
     stats["rows"] = len(rows)
     stats["images"] = len(written)
     return stats
@@ -629,19 +735,49 @@ def make_sample(output_dir: str | Path, config: SampleConfig | None = None, **ov
     (200, 50)
     """
     config = dataclasses.replace(config or SampleConfig(), **overrides)
+    text = set(config.sources) <= set(TEXT_SAMPLE_SOURCES)
+    if not text and set(config.sources) & set(TEXT_SAMPLE_SOURCES):
+        raise ValueError("A sample is either multimodal or text-only: do not mix the sources of the two.")
     root = Path(output_dir)
     paths = SamplePaths(
         root=root,
         corpus_root=root / "corpus",
-        annotations_dir=root / "corpus" / "annotations",
+        annotations_dir=root / "corpus" if text else root / "corpus" / "annotations",
         benchmark_dir=root / "benchmark",
+        trl_file=root / "trl" / "train.jsonl" if text else None,
     )
     paths.statistics = {
         "config": {**dataclasses.asdict(config), "sources": list(config.sources)},
-        "corpus": _write_corpus(config, paths.corpus_root),
+        "corpus": _write_corpus(config, paths.corpus_root, text),
         "benchmark": _write_benchmark(config, paths.benchmark_dir),
     }
     with open(root / "statistics.json", "w", encoding="utf-8") as handle:
         json.dump(paths.statistics, handle, indent=2)
         handle.write("\n")
     return paths
+
+
+def make_text_sample(output_dir: str | Path, config: SampleConfig | None = None, **overrides) -> SamplePaths:
+    """
+    Write the embedded text-only sample to `output_dir`: arithmetic questions (`TEXT_SAMPLE_SOURCES`) answered step
+    by step, with the simulated policy errors and Monte-Carlo scores of [`make_sample`] (errors in 40 % of the
+    training rollouts, `TEXT_SAMPLE_DEFAULTS`), for text PRMs.
+
+    - `output_dir/corpus/<source>.jsonl`: a Monte-Carlo-annotated stepwise corpus, one rollout per line with
+      `question`, `answer`, `steps` and `mc_scores` (select it with `bis-prm select --annotations-dir`, train on it
+      with `selection` in a recipe);
+    - `output_dir/trl/train.jsonl`: the same rollouts in TRL's stepwise-supervision format (`prompt`,
+      `completions`, `labels`: MC score > 0);
+    - `output_dir/benchmark/test.jsonl`: a benchmark in the VisualProcessBench layout without images (`image: []`).
+
+    Example:
+
+    >>> from bis_prm.data.sample import make_text_sample
+    >>> paths = make_text_sample("text-sample", num_rollouts=200, num_benchmark_rows=40)
+    >>> sorted(p.name for p in paths.annotations_dir.glob("*.jsonl"))
+    ['addition.jsonl', 'chains.jsonl', 'multiplication.jsonl', 'word_problems.jsonl']
+    >>> paths.trl_file.name, paths.statistics["benchmark"]["rows"]
+    ('train.jsonl', 40)
+    """
+    config = config or SampleConfig(**TEXT_SAMPLE_DEFAULTS)
+    return make_sample(output_dir, config, **overrides)

@@ -30,9 +30,11 @@ import pyarrow.compute as pc
 from .arrow_utils import arrow_columns, list_parts, per_row_sum
 from .formats import to_prm_format
 from .scoring import bis_from_stats, score_rollouts
+from .stepwise import StepwiseColumns, is_stepwise_corpus, read_stepwise
 from .visualprm400k import INVALID_REASONS, annotations_to_dataset, find_annotation_files, resolve_visualprm400k
 
 METHODS = ("bis", "random", "mixed", "reliable", "low_mc", "full")
+LAYOUTS = ("auto", "visualprm400k", "stepwise")
 
 
 def _groups(ds: datasets.Dataset, by: str | None) -> list[tuple[str, np.ndarray]]:
@@ -55,8 +57,9 @@ def _mean_mc(mc_scores: pa.ChunkedArray) -> np.ndarray:
         return per_row_sum(lengths, flat.to_numpy(zero_copy_only=False)) / lengths
 
 
-def _ranking_key(table: pa.Table, method: str, alpha: float) -> np.ndarray | None:
-    """Higher is kept first; None for methods that do not rank."""
+def ranking_key(table: pa.Table, method: str, alpha: float) -> np.ndarray | None:
+    """The ranking key of each rollout of `table` (`p_pos`, `reliability`, `is_mixed`, and `mc_scores` for `low_mc`):
+    higher is kept first; None for the methods that do not rank."""
     column = lambda name: table.column(name).to_numpy(zero_copy_only=False)  # noqa: E731
     if method == "bis":
         return bis_from_stats(column("p_pos"), column("reliability"), alpha)
@@ -67,6 +70,31 @@ def _ranking_key(table: pa.Table, method: str, alpha: float) -> np.ndarray | Non
     if method == "low_mc":
         return -_mean_mc(table.column("mc_scores"))
     return None
+
+
+def pick_rows(
+    rows: np.ndarray, key: np.ndarray | None, method: str, ratio: float, rng: np.random.Generator
+) -> np.ndarray | None:
+    """
+    The rows `method` keeps of the valid `rows` of one group (`key`: their ranking keys), not sorted; None when it
+    keeps none. `rng` is drawn from for `random` only. The streaming selection calls it file by file, so that both
+    keep the same rows.
+
+    Example:
+
+    >>> pick_rows(np.array([3, 5, 8]), np.array([0.1, 0.3, 0.3]), "bis", 0.5, np.random.default_rng(0))
+    array([5])
+    """
+    m = len(rows)
+    k = m if method == "full" else min(m, max(1, int(m * ratio)))
+    if k == 0:
+        return None
+    if method == "random":
+        return rows[rng.choice(m, size=k, replace=False)]
+    if method == "full":
+        return rows
+    # stable sort of the negated key: descending, ties in original order
+    return rows[np.argsort(-key, kind="stable")[:k]]
 
 
 def selection_indices(
@@ -109,23 +137,14 @@ def selection_indices(
     needed = ["p_pos", "reliability", "is_mixed"] + (["mc_scores"] if method == "low_mc" else [])
     table = arrow_columns(ds, needed)
     valid = np.isfinite(table.column("p_pos").to_numpy(zero_copy_only=False))
-    key = _ranking_key(table, method, alpha)
+    key = ranking_key(table, method, alpha)
     rng = np.random.default_rng(seed)
     chosen = []
     for _, rows in _groups(ds, by):
         rows = rows[valid[rows]]
-        m = len(rows)
-        k = m if method == "full" else min(m, max(1, int(m * ratio)))
-        if k == 0:
-            continue
-        if method == "random":
-            picked = rows[rng.choice(m, size=k, replace=False)]
-        elif method == "full":
-            picked = rows
-        else:
-            # stable sort of the negated key: descending, ties in original order
-            picked = rows[np.argsort(-key[rows], kind="stable")[:k]]
-        chosen.append(picked)
+        picked = pick_rows(rows, None if key is None else key[rows], method, ratio, rng)
+        if picked is not None:
+            chosen.append(picked)
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 
@@ -180,24 +199,71 @@ def select_bis(ds: datasets.Dataset, ratio: float, alpha: float, by: str | None 
     return select_subset(ds, method="bis", ratio=ratio, alpha=alpha, by=by)
 
 
+# the per-rollout values the label-mixture statistics average
+MIXTURE_COLUMNS = ("p_pos", "reliability", "bis", "is_mixed")
+
+
 def _mixture_stats(table: pa.Table) -> dict[str, float | int]:
     """Label-mixture statistics over the valid rollouts of `table`."""
-    p_pos = table.column("p_pos").to_numpy(zero_copy_only=False)
-    valid = np.isfinite(p_pos)
+    valid = np.isfinite(table.column("p_pos").to_numpy(zero_copy_only=False))
     labels = pc.list_flatten(table.column("labels").combine_chunks()).to_numpy(zero_copy_only=False)
+    values = {name: table.column(name).to_numpy(zero_copy_only=False)[valid] for name in MIXTURE_COLUMNS}
+    return mixture_summary(values, int((labels > 0).sum()), int((labels == 0).sum()))
+
+
+def mixture_summary(values: dict[str, np.ndarray], positive_steps: int, negative_steps: int) -> dict[str, Any]:
+    """The `"stats"` entry of a report from the `MIXTURE_COLUMNS` of the valid rollouts (in corpus order: the means
+    are numpy's, whose pairwise sums depend on the order) and their numbers of positive and negative steps."""
 
     def mean(name: str) -> float:
-        values = table.column(name).to_numpy(zero_copy_only=False)[valid]
-        return float(values.mean()) if len(values) else 0.0
+        return float(values[name].mean()) if len(values[name]) else 0.0
 
     return {
-        "rollouts": int(valid.sum()),
+        "rollouts": len(values["p_pos"]),
         "share_mixed": mean("is_mixed"),
         "mean_p_pos": mean("p_pos"),
         "mean_reliability": mean("reliability"),
         "mean_bis": mean("bis"),
-        "positive_steps": int((labels > 0).sum()),
-        "negative_steps": int((labels == 0).sum()),
+        "positive_steps": positive_steps,
+        "negative_steps": negative_steps,
+    }
+
+
+def source_counts(reason_counts: np.ndarray, kept: int, blank_lines: int) -> dict[str, Any]:
+    """The report entry of one source: `reason_counts` holds its rows per `INVALID_REASONS` code, valid rows last."""
+    dropped = {reason: int(n) for reason, n in zip(INVALID_REASONS, reason_counts, strict=False)}
+    valid = int(reason_counts[-1])
+    dropped["not_selected"] = valid - kept
+    return {
+        "read": int(reason_counts.sum()),
+        "valid": valid,
+        "kept": kept,
+        "dropped": dropped,
+        "blank_lines": blank_lines,
+    }
+
+
+def assemble_report(
+    report_sources: dict[str, dict[str, Any]],
+    dropped_rows: dict[str, list[dict[str, Any]]],
+    stats: dict[str, dict[str, Any]],
+    params: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The report of [`subset_report`] from its per-source entries ([`source_counts`]), the dropped rows of each
+    reason (sources in order), the statistics of `"all"` and `"kept"` rollouts and the parameters."""
+    counted = ("read", "valid", "kept", "blank_lines")
+    total = {key: sum(counts[key] for counts in report_sources.values()) for key in counted}
+    total["dropped"] = {
+        reason: sum(counts["dropped"][reason] for counts in report_sources.values())
+        for reason in (*INVALID_REASONS, "not_selected")
+    }
+    dropped_rows = {reason: dropped_rows[reason] for reason in INVALID_REASONS if reason in dropped_rows}
+    return {
+        "sources": report_sources,
+        "total": total,
+        "dropped_rows": dropped_rows,
+        "stats": stats,
+        "params": dict(params or {}),
     }
 
 
@@ -254,42 +320,27 @@ def subset_report(
     for source in [*sources, *(name for name in groups if name not in sources)]:
         rows = groups.get(source, empty)
         counts = np.bincount(codes[rows], minlength=len(INVALID_REASONS) + 1)
-        dropped = {reason: int(n) for reason, n in zip(INVALID_REASONS, counts, strict=False)}
-        read = len(rows)
-        valid = int(counts[-1])
-        kept = int(kept_per_source.get(source, 0))
-        dropped["not_selected"] = valid - kept
-        blank_lines = int(file_lines[rows[0]]) - read if has_lines and read else 0
-        report_sources[source] = {
-            "read": read,
-            "valid": valid,
-            "kept": kept,
-            "dropped": dropped,
-            "blank_lines": blank_lines,
-        }
+        blank_lines = int(file_lines[rows[0]]) - len(rows) if has_lines and len(rows) else 0
+        report_sources[source] = source_counts(counts, int(kept_per_source.get(source, 0)), blank_lines)
         if has_lines:
             for row in rows[codes[rows] < len(INVALID_REASONS)]:
                 entry = {"file": f"{source}.jsonl", "line": int(lines[row]) + 1}
                 dropped_rows.setdefault(INVALID_REASONS[codes[row]], []).append(entry)
-    counted = ("read", "valid", "kept", "blank_lines")
-    total = {key: sum(counts[key] for counts in report_sources.values()) for key in counted}
-    total["dropped"] = {
-        reason: sum(counts["dropped"][reason] for counts in report_sources.values())
-        for reason in (*INVALID_REASONS, "not_selected")
-    }
-    stat_columns = ["p_pos", "reliability", "bis", "is_mixed", "labels"]
+    stat_columns = [*MIXTURE_COLUMNS, "labels"]
     stats = {
         "all": _mixture_stats(arrow_columns(ds, stat_columns)),
         "kept": _mixture_stats(arrow_columns(subset, stat_columns)),
     }
-    dropped_rows = {reason: dropped_rows[reason] for reason in INVALID_REASONS if reason in dropped_rows}
-    return {
-        "sources": report_sources,
-        "total": total,
-        "dropped_rows": dropped_rows,
-        "stats": stats,
-        "params": dict(params or {}),
-    }
+    return assemble_report(report_sources, dropped_rows, stats, params)
+
+
+def selection_params(
+    corpus: str, revision: str | None, method: str, ratio: float, alpha: float, tau: float, seed: int
+) -> dict[str, Any]:
+    """The `"params"` a report records."""
+    params = {"corpus": corpus, "revision": revision, "method": method, "ratio": ratio}
+    params.update({"alpha": alpha, "tau": tau, "seed": seed})
+    return params
 
 
 @dataclass
@@ -301,13 +352,14 @@ class Selection:
         scored (`datasets.Dataset`): every rollout read, scored, with its `invalid_reason`.
         subset (`datasets.Dataset`): the kept rollouts, in original order, with the raw columns.
         report (`dict`): the [`subset_report`].
-        image_root (`Path`): the corpus root the image paths are relative to.
+        image_root (`Path`): the corpus root the image paths are relative to (`None` for a Hub stepwise dataset or a
+            `Dataset`: their paths are used as they are).
     """
 
     scored: datasets.Dataset
     subset: datasets.Dataset
     report: dict[str, Any]
-    image_root: Path
+    image_root: Path | None
 
     def to_prm(self) -> datasets.Dataset:
         """The subset in the HF PRM format the trainer reads (see [`~formats.to_prm_format`])."""
@@ -315,7 +367,7 @@ class Selection:
 
 
 def run_selection(
-    path_or_repo: str | os.PathLike,
+    path_or_repo: str | os.PathLike | datasets.Dataset,
     method: str = "bis",
     ratio: float = 0.1,
     alpha: float = 0.2,
@@ -325,12 +377,23 @@ def run_selection(
     revision: str | None = None,
     progress: bool = True,
     download_images: bool = False,
+    layout: str = "auto",
+    columns: StepwiseColumns | dict[str, str | None] | None = None,
 ) -> Selection:
     """
-    Load a VisualPRM400K-style corpus, score it and select a subset: the one pipeline behind `bis-prm select`,
-    [`build_subset`], on-the-fly selection in training and the quickstart.
+    Load a corpus, score it and select a subset: the one pipeline behind `bis-prm select`, [`build_subset`],
+    on-the-fly selection in training and the quickstart.
 
-    Takes the arguments of [`build_subset`].
+    Takes the arguments of [`build_subset`], plus:
+
+    Args:
+        layout (`str`, *optional*, defaults to `"auto"`):
+            `"visualprm400k"` (the VisualPRM400K-Raw layout), `"stepwise"` (any stepwise dataset, see
+            [`~bis_prm.data.stepwise.read_stepwise`]) or `"auto"`: stepwise for a `Dataset`, for local files that are
+            not VisualPRM400K annotations ([`~bis_prm.data.stepwise.is_stepwise_corpus`]) and when `columns` is
+            given; VisualPRM400K otherwise.
+        columns ([`~bis_prm.data.stepwise.StepwiseColumns`] or `dict`, *optional*):
+            Column names of a stepwise corpus (question, steps, scores, image, source).
 
     Example:
 
@@ -340,14 +403,23 @@ def run_selection(
     True
     ```
     """
-    annotations_dir, root = resolve_visualprm400k(path_or_repo, revision=revision, download_images=download_images)
-    rollouts = annotations_to_dataset(annotations_dir, num_proc=num_proc, progress=progress, image_root=root)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown corpus layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout == "auto":
+        stepwise = columns is not None or isinstance(path_or_repo, datasets.Dataset)
+        layout = "stepwise" if stepwise or is_stepwise_corpus(path_or_repo) else "visualprm400k"
+    if layout == "stepwise":
+        rollouts, sources, root = read_stepwise(path_or_repo, columns, revision=revision, num_proc=num_proc)
+    else:
+        annotations_dir, root = resolve_visualprm400k(path_or_repo, revision=revision, download_images=download_images)
+        rollouts = annotations_to_dataset(annotations_dir, num_proc=num_proc, progress=progress, image_root=root)
+        sources = [path.stem for path in find_annotation_files(annotations_dir)]
     scored = score_rollouts(rollouts, tau=tau, alpha=alpha)
     subset = select_subset(scored, method=method, ratio=ratio, alpha=alpha, seed=seed)
-    params = {"corpus": str(path_or_repo), "revision": revision, "method": method, "ratio": ratio}
-    params.update({"alpha": alpha, "tau": tau, "seed": seed})
-    sources = [path.stem for path in find_annotation_files(annotations_dir)]
-    return Selection(scored, subset, subset_report(scored, subset, params, sources=sources), Path(root))
+    corpus = "Dataset" if isinstance(path_or_repo, datasets.Dataset) else str(path_or_repo)
+    params = selection_params(corpus, revision, method, ratio, alpha, tau, seed)
+    report = subset_report(scored, subset, params, sources=sources)
+    return Selection(scored, subset, report, Path(root) if root is not None else None)
 
 
 def build_subset(
@@ -361,9 +433,12 @@ def build_subset(
     revision: str | None = None,
     progress: bool = True,
     download_images: bool = False,
+    layout: str = "auto",
+    columns: StepwiseColumns | dict[str, str | None] | None = None,
 ) -> tuple[datasets.Dataset, dict[str, Any]]:
     """
-    Load a VisualPRM400K-style corpus, score it, select a subset and convert it to the HF PRM format, in one call.
+    Load a corpus (VisualPRM400K-style or any stepwise dataset), score it, select a subset and convert it to the HF
+    PRM format, in one call.
 
     Args:
         path_or_repo (`str` or `os.PathLike`):
@@ -387,6 +462,10 @@ def build_subset(
         download_images (`bool`, *optional*, defaults to `False`):
             For a Hub repo id, also download and unzip its `images.zip` (large) so that the subset's image paths
             exist, as training needs.
+        layout (`str`, *optional*, defaults to `"auto"`):
+            The corpus layout (see [`run_selection`]).
+        columns ([`~bis_prm.data.stepwise.StepwiseColumns`] or `dict`, *optional*):
+            Column names of a stepwise corpus.
 
     Returns:
         `tuple[datasets.Dataset, dict]`: the subset in the HF PRM format (image paths relative to its `image_root`
@@ -401,6 +480,6 @@ def build_subset(
     ```
     """
     selection = run_selection(
-        path_or_repo, method, ratio, alpha, tau, seed, num_proc, revision, progress, download_images
+        path_or_repo, method, ratio, alpha, tau, seed, num_proc, revision, progress, download_images, layout, columns
     )
     return selection.to_prm(), selection.report

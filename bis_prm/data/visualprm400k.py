@@ -31,10 +31,10 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -58,6 +58,10 @@ INVALID_REASONS = (
     "blank_step",
     "missing_score",
     "score_out_of_range",
+    # stepwise corpora in other layouts (`bis_prm.data.stepwise`): a field of the wrong type, or steps and scores that
+    # differ in number
+    "wrong_type",
+    "length_mismatch",
 )
 # problems found while parsing a line, before its fields are looked at
 _PARSE_PROBLEMS = INVALID_REASONS[:3]
@@ -77,6 +81,8 @@ ROLLOUT_SCHEMA = pa.schema(
         ("invalid_reason", pa.string()),
     ]
 )
+# the rows of a block of a file (see `iter_annotation_blocks`): its number of lines is known at its end only
+BLOCK_SCHEMA = pa.schema([field for field in ROLLOUT_SCHEMA if field.name != "file_lines"])
 
 _STEP_TYPE = pa.struct([("step", pa.string()), ("score", pa.float64())])
 _TEXT_FIELDS = ("question", "question_orig", "answer")
@@ -341,6 +347,38 @@ def _invalid_reasons(columns: dict[str, pa.Array], image_root: str | os.PathLike
     return pa.DictionaryArray.from_arrays(pa.array(codes), names).cast(pa.string())
 
 
+def _image_kinds(head: bytes) -> tuple[bool, bool]:
+    """Whether the first MiB of a file holds list images and str images; only chooses the parse schema."""
+    has_list, has_str = (head.find(marker, 0, _PEEK_BYTES) >= 0 for marker in (_LIST_IMAGE, _STR_IMAGE))
+    return has_list, has_str
+
+
+def _read_lines(
+    data: bytes, image_root: str | os.PathLike | None, image_kinds: tuple[bool, bool]
+) -> tuple[dict[str, pa.Array], np.ndarray, int]:
+    """
+    Parse whole lines of an annotation file (the file, or a block of it) whose first MiB holds `image_kinds`.
+
+    Returns the rollout columns of the non-blank lines with their `invalid_reason`, the 0-based indices of those lines
+    in `data`, and the number of lines of `data` (blank ones included).
+    """
+    starts, ends, line_index = _line_bounds(data)
+    python_lines = _lines_for_python(data, starts, ends, line_index)
+    has_list, has_str = image_kinds
+    # a file that mixes str and list images is parsed per kind right away
+    columns = None
+    if not python_lines and not (has_list and has_str):
+        columns = _parse_block(data, image_is_list=has_list if has_str or has_list else None)
+    if columns is None or len(columns["_parse_problem"]) != len(line_index):
+        columns = _parse_lines([data[starts[i] : ends[i]] for i in line_index], python_lines)
+    columns["invalid_reason"] = _invalid_reasons(columns, image_root)
+    return columns, line_index, len(starts)
+
+
+def _rollout_table(columns: dict[str, pa.Array], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_arrays([columns[field.name] for field in schema], schema=schema)
+
+
 def read_annotation_file(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> pa.Table:
     """
     Read one `<source>.jsonl` annotation file into an Arrow table with the rollout columns (`ROLLOUT_SCHEMA`).
@@ -366,22 +404,85 @@ def read_annotation_file(path: str | os.PathLike, image_root: str | os.PathLike 
     """
     path = Path(path)
     data = path.read_bytes()
-    starts, ends, line_index = _line_bounds(data)
-    python_lines = _lines_for_python(data, starts, ends, line_index)
     # peek at the first MiB: enough to spot a mixing file, cheap for the others
-    has_list, has_str = (data.find(marker, 0, _PEEK_BYTES) >= 0 for marker in (_LIST_IMAGE, _STR_IMAGE))
-    # a file that mixes str and list images is parsed per kind right away
-    columns = None
-    if not python_lines and not (has_list and has_str):
-        columns = _parse_block(data, image_is_list=has_list if has_str or has_list else None)
-    if columns is None or len(columns["_parse_problem"]) != len(line_index):
-        columns = _parse_lines([data[starts[i] : ends[i]] for i in line_index], python_lines)
+    columns, line_index, num_lines = _read_lines(data, image_root, _image_kinds(data))
     n = len(line_index)
-    columns["invalid_reason"] = _invalid_reasons(columns, image_root)
     columns["source"] = pa.array([path.stem] * n, type=pa.string())
     columns["line"] = pa.array(line_index, type=pa.int64())
-    columns["file_lines"] = pa.array(np.full(n, len(starts), dtype=np.int64))
-    return pa.Table.from_arrays([columns[field.name] for field in ROLLOUT_SCHEMA], schema=ROLLOUT_SCHEMA)
+    columns["file_lines"] = pa.array(np.full(n, num_lines, dtype=np.int64))
+    return _rollout_table(columns, ROLLOUT_SCHEMA)
+
+
+class AnnotationBlock(NamedTuple):
+    """
+    Whole lines of an annotation file, read by [`iter_annotation_blocks`].
+
+    Parameters:
+        rows (`pyarrow.Table`): the rows [`read_annotation_file`] reads from these lines (`BLOCK_SCHEMA`: its
+            columns but `file_lines`; `line` counts from the start of the file).
+        num_lines (`int`): the number of lines of the block, blank ones included.
+    """
+
+    rows: pa.Table
+    num_lines: int
+
+
+def _blocks_of_lines(f: BinaryIO, block_size: int) -> Iterator[bytes]:
+    """The bytes of `f` in blocks of about `block_size`, each ending after a line break (the last at the end of `f`);
+    a line longer than a block makes its block longer. One block is held at a time, copied once."""
+    pending = []  # the start of a line the chunks read so far do not end
+    while chunk := f.read(block_size):
+        cut = chunk.rfind(b"\n") + 1
+        if cut == 0:
+            pending.append(chunk)
+            continue
+        pending.append(chunk if cut == len(chunk) else memoryview(chunk)[:cut])
+        block = b"".join(pending)  # no copy for a whole chunk alone
+        pending = [chunk[cut:]] if cut < len(chunk) else []
+        del chunk
+        yield block
+    if pending:
+        yield b"".join(pending)
+
+
+def iter_annotation_blocks(
+    path: str | os.PathLike, image_root: str | os.PathLike | None = None, block_size: int = _BLOCK_SIZE
+) -> Iterator[AnnotationBlock]:
+    """
+    Read one annotation file block by block: the rows of [`read_annotation_file`], in the same order, with the same
+    values and invalid reasons, holding about `block_size` bytes of the file in memory at a time.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            The annotation file; its stem becomes the `source` column.
+        image_root (`str` or `os.PathLike`, *optional*):
+            The corpus root that image paths are relative to (see [`read_annotation_file`]).
+        block_size (`int`, *optional*, defaults to 4 MiB):
+            Bytes read per block (about; every block ends at a line break). The default is a block of the JSON
+            reader: larger blocks are parsed in parallel but take more memory.
+
+    Returns:
+        Iterator of [`AnnotationBlock`]: its `rows` (`BLOCK_SCHEMA`) and its number of lines.
+
+    Example:
+
+    ```python
+    >>> sum(block.rows.num_rows for block in iter_annotation_blocks("annotations/ai2d.jsonl"))
+    10527
+    ```
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        # the parse schema is chosen from the file's first MiB, whatever the block
+        image_kinds = _image_kinds(f.read(_PEEK_BYTES))
+        f.seek(0)
+        first_line = 0
+        for data in _blocks_of_lines(f, block_size):
+            columns, line_index, num_lines = _read_lines(data, image_root, image_kinds)
+            columns["source"] = pa.array([path.stem] * len(line_index), type=pa.string())
+            columns["line"] = pa.array(line_index + first_line, type=pa.int64())
+            yield AnnotationBlock(_rollout_table(columns, BLOCK_SCHEMA), num_lines)
+            first_line += num_lines
 
 
 def find_annotation_files(annotations_dir: str | os.PathLike) -> list[Path]:

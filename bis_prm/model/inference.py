@@ -17,7 +17,14 @@ import torch
 from PIL import Image
 
 from bis_prm.data.images import ImageProblem, read_image_size
-from bis_prm.model.processing_prm import ExampleError, PRMCollator, render_prompt, tiled_size
+from bis_prm.model.processing_prm import (
+    ExampleError,
+    PRMCollator,
+    adds_special_tokens,
+    chat_text,
+    render_prompt,
+    tiled_size,
+)
 
 __all__ = [
     "AGGREGATIONS",
@@ -84,12 +91,12 @@ def rollout_token_counts(
             texts.append(None)
             image_tokens.append(0)
             continue
-        content = [{"type": "image"} for _ in sizes] + [{"type": "text", "text": prompt}]
-        texts.append(processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False))
+        texts.append(chat_text(processor, prompt, len(sizes)))
         image_tokens.append(_image_tokens(processor, sizes))
     tokenizer = getattr(processor, "tokenizer", processor)
     renderable = [text for text in texts if text is not None]
-    counts = tokenizer(renderable, add_special_tokens=False)["input_ids"] if renderable else []
+    special = adds_special_tokens(processor)
+    counts = tokenizer(renderable, add_special_tokens=special)["input_ids"] if renderable else []
     lengths = iter(len(ids) for ids in counts)
     return [0 if text is None else next(lengths) + extra for text, extra in zip(texts, image_tokens, strict=True)]
 

@@ -41,6 +41,9 @@ from transformers.conversion_mapping import get_checkpoint_conversion_mapping, r
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.modeling_layers import GenericForTokenClassification
 from transformers.utils import cached_file
+from transformers.utils import logging as transformers_logging
+
+from bis_prm.model.vision_tower import VISION_TOWER_NAMES
 
 __all__ = [
     "PRM_HEADS",
@@ -56,6 +59,8 @@ __all__ = [
     "prm_loss",
     "yes_no_token_ids",
 ]
+
+logger = transformers_logging.get_logger(__name__)
 
 PRM_HEADS = ("yes_no", "linear")
 ID2LABEL = {0: "positive", 1: "negative"}
@@ -281,6 +286,30 @@ def _writable(*parameters: torch.nn.Parameter):
         yield
 
 
+def _from_base(prm_class: type, name_or_path, config, from_pretrained_kwargs: dict):
+    """The PRM class's stock `from_pretrained` on a base checkpoint. transformers reports the LM head it leaves out and
+    the new `score` head as loading problems; those two are the point, so only the other problems are reported."""
+    loading_logger = transformers_logging.get_logger("transformers.modeling_utils")
+    level = loading_logger.level
+    loading_logger.setLevel(transformers_logging.ERROR)
+    try:
+        model, info = prm_class.from_pretrained(
+            name_or_path, config=config, output_loading_info=True, **from_pretrained_kwargs
+        )
+    finally:
+        loading_logger.setLevel(level)
+    problems = {
+        "missing": sorted(key for key in info["missing_keys"] if not key.startswith("score.")),
+        "unexpected": sorted(key for key in info["unexpected_keys"] if "lm_head" not in key),
+        "mismatched": sorted(str(key) for key in info["mismatched_keys"]),
+    }
+    for kind, keys in problems.items():
+        if keys:
+            shown = ", ".join(keys[:10]) + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
+            logger.warning(f"{name_or_path}: {len(keys)} {kind} weight(s) for {prm_class.__name__}: {shown}")
+    return model
+
+
 def load_prm(
     name_or_path: str | os.PathLike, head: str | None = None, step_token: str = "<prm>", **from_pretrained_kwargs
 ):
@@ -338,7 +367,7 @@ def load_prm(
     yes_no_ids = yes_no_token_ids(tokenizer) if head == "yes_no" else None
     step_id = add_step_token(tokenizer, step_token)
     new_config = prm_config(config, head, step_token, step_id)
-    model = prm_class_for(config).from_pretrained(name_or_path, config=new_config, **from_pretrained_kwargs)
+    model = _from_base(prm_class_for(config), name_or_path, new_config, from_pretrained_kwargs)
     if step_id >= model.get_input_embeddings().num_embeddings:
         # mean_resizing samples from the embeddings' covariance: random and O(hidden^2) memory on real models
         model.resize_token_embeddings(step_id + 1, mean_resizing=False)
@@ -353,8 +382,10 @@ def load_prm(
     return model.eval(), processor
 
 
-# The language model's linear layers; the vision tower and projector stay frozen.
-_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# The language model's linear layers (of a VLM or of a text LM); the vision tower and projector stay frozen.
+_LORA_TARGETS = (
+    rf"^(?!(.*\.)?({'|'.join(VISION_TOWER_NAMES)})\.).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+)
 
 
 def prm_lora_config(r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05, **kwargs):

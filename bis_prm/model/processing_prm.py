@@ -2,7 +2,8 @@
 
 A rollout is `{"image": ..., "question": str, "steps": list[str], "labels": list[float]}`. It is rendered as
 `Question: {question}\\nProcess: {step_1}<prm>\\n\\n{step_2}<prm>...` inside the user turn of the backbone's own chat
-template (images first), and every `<prm>` token carries the label of its step.
+template (images first; a text LM without a chat template, a base model, reads the prompt as it is), and every
+`<prm>` token carries the label of its step. A text PRM's rollouts have no `image`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from bis_prm.data.prompt import ExampleError, render_prompt
 __all__ = [
     "ExampleError",
     "PRMCollator",
+    "adds_special_tokens",
     "apply_image_limits",
+    "chat_text",
+    "is_text_processor",
     "load_image",
     "render_prompt",
     "step_token_id",
@@ -32,6 +36,58 @@ __all__ = [
 
 # Per-token processor outputs besides the tokenizer's own (Qwen2.5-VL marks image tokens in `mm_token_type_ids`).
 _TOKEN_TYPE_KEYS = ("token_type_ids", "mm_token_type_ids")
+
+
+def is_text_processor(processor) -> bool:
+    """
+    Whether `processor` is a text LM's tokenizer (a text PRM) rather than a multimodal processor.
+
+    Example:
+
+    ```python
+    >>> is_text_processor(AutoTokenizer.from_pretrained("Qwen/Qwen2.5-Math-7B-Instruct"))
+    True
+    ```
+    """
+    return not hasattr(processor, "image_processor")
+
+
+def chat_text(processor, prompt: str, num_images: int = 0) -> str:
+    """
+    The model's input text for a rendered PRM prompt: the user turn of the backbone's chat template, with `num_images`
+    images before the prompt; for a text LM without a chat template (a base model), the prompt itself.
+
+    Example:
+
+    ```python
+    >>> chat_text(tokenizer, "Question: 1 + 1?")
+    '<|im_start|>user\\nQuestion: 1 + 1?<|im_end|>\\n'
+    ```
+    """
+    if getattr(processor, "chat_template", None) is None:
+        return prompt
+    if is_text_processor(processor):
+        # tokenizers' chat templates take the content as a string (many would print a list of parts as it is)
+        content = prompt
+    else:
+        content = [{"type": "image"}] * num_images + [{"type": "text", "text": prompt}]
+    messages = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+
+
+def adds_special_tokens(processor) -> bool:
+    """
+    Whether the tokenizer adds its special tokens (a BOS) to the model input: only for a text LM without a chat
+    template, since a chat template writes them itself.
+
+    Example:
+
+    ```python
+    >>> adds_special_tokens(processor)  # a VLM's processor: its chat template
+    False
+    ```
+    """
+    return is_text_processor(processor) and getattr(processor, "chat_template", None) is None
 
 
 def load_image(image: str | os.PathLike | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
@@ -195,13 +251,16 @@ class PRMCollator:
         self.max_images = max_images
         self.padding_free, self.rope_index = padding_free, rope_index
         self.image_token_id = getattr(processor, "image_token_id", None)
-        if getattr(processor, "chat_template", None) is None:
+        self.text_only = is_text_processor(processor)
+        if getattr(processor, "chat_template", None) is None and not self.text_only:
             raise ValueError("The processor has no chat template; PRM prompts are rendered with the backbone's own.")
         if self.tokenizer.pad_token_id is None:
             raise ValueError("The tokenizer has no pad token; set `tokenizer.pad_token` before collating batches.")
 
     def render(self, example: dict[str, Any], index: int = 0) -> tuple[str, list[Image.Image]]:
         """Render one example as (chat-formatted text, images); raises an [`ExampleError`] naming `index`."""
+        if self.text_only and example.get("image") not in (None, "", [], ()):
+            raise ExampleError("image_for_text_model", "the rollout has images but the PRM is a text model", index)
         try:
             images = _example_images(example)
             if self.max_images is not None and len(images) > self.max_images:
@@ -211,10 +270,7 @@ class PRMCollator:
             prompt = render_prompt(example["question"], example["steps"], self.step_token)
         except (ExampleError, ImageProblem) as error:
             raise ExampleError(error.reason, str(error), example=index) from error
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt}]
-        messages = [{"role": "user", "content": content}]
-        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-        return text, images
+        return chat_text(self.processor, prompt, len(images)), images
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         labelled = self._has_labels(examples)
@@ -305,6 +361,8 @@ class PRMCollator:
         texts = [text for text, _, _ in rendered]
         images = [image for _, example_images, _ in rendered for image in example_images]
         kwargs = {"images": images} if images else {}
+        if self.text_only:
+            kwargs["add_special_tokens"] = adds_special_tokens(self.processor)
         batch = self.processor(text=texts, padding=True, padding_side=self.padding_side, return_tensors="pt", **kwargs)
         batch = dict(batch)
         truncated = batch["attention_mask"].sum(dim=1) > (self.max_length or batch["input_ids"].shape[1])

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["PROJECTOR_NAMES", "VISION_TOWER_NAMES", "freeze_vision_tower", "is_vision_tower_parameter"]
+__all__ = [
+    "PROJECTOR_NAMES",
+    "VISION_TOWER_NAMES",
+    "freeze_vision_tower",
+    "has_vision_tower",
+    "is_vision_tower_parameter",
+]
 
 # Submodules holding the vision encoder, by architecture (Qwen2.5-VL: `visual`; InternVL / LLaVA-style: `vision_tower`)
 VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model")
@@ -28,6 +34,20 @@ def is_vision_tower_parameter(name: str) -> bool:
     """
     parts = name.split(".")
     return any(part in VISION_TOWER_NAMES for part in parts) and not any(part in PROJECTOR_NAMES for part in parts)
+
+
+def has_vision_tower(model: nn.Module) -> bool:
+    """
+    Whether the model has a vision encoder (a VLM) or not (a text LM).
+
+    Example:
+
+    ```python
+    >>> has_vision_tower(nn.Linear(2, 2))
+    False
+    ```
+    """
+    return any(part in VISION_TOWER_NAMES for name, _ in model.named_modules() for part in name.split("."))
 
 
 def freeze_vision_tower(model: nn.Module) -> int:

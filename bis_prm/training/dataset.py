@@ -5,7 +5,8 @@ One pass (a batched `datasets.map`, `num_proc`-safe) reads every row before the 
 - targets: `label_mode="hard"` trains on the `labels` column, the hard labels selection wrote with its `tau` (the one
   source of truth); `"soft"` on the Monte-Carlo scores. Evaluation targets are always the hard labels.
 - images: paths are joined to the row's `image_root` (the column [`~bis_prm.data.formats.to_prm_format`] writes) or
-  to `PRMConfig.image_root`, must stay inside that root, and are opened from their headers (no decoding);
+  to `PRMConfig.image_root`, must stay inside that root, and are opened from their headers (no decoding); a dataset
+  without an image column (a text PRM's) has rollouts without images;
 - a row that cannot be trained on is dropped and reported by dataset row and reason; only a dataset that is wholly
   unusable (missing columns, no usable row) raises a [`PRMDatasetError`].
 """
@@ -118,7 +119,7 @@ def _prepare_batch(
         steps, question = batch["steps"][position], batch["question"][position]
         targets = batch[target_column][position]
         problem = _row_problem(steps, question, targets, step_token)
-        images = batch["image"][position]
+        images = batch["image"][position] if "image" in batch else []
         if check_images and problem is None:
             root = image_root or roots[position]
             try:
@@ -128,7 +129,7 @@ def _prepare_batch(
             except ImageProblem as error:
                 problem = (error.reason, str(error))
         out["labels"].append([] if problem else [float(value) for value in targets])
-        out["image"].append(images if check_images else batch["image"][position])
+        out["image"].append(images)
         out["row_index"].append(row)
         out["_problem"].append(problem[0] if problem else "")
         out["_detail"].append(problem[1] if problem else "")
@@ -137,19 +138,20 @@ def _prepare_batch(
 
 def check_columns(dataset: Dataset, args: PRMConfig, name: str = "train", hard_labels: bool = False) -> None:
     """
-    Raise a [`PRMDatasetError`] naming the missing columns, before anything is loaded.
+    Raise a [`PRMDatasetError`] naming the missing columns, before anything is loaded. The image column is optional
+    (text PRMs).
 
     Example:
 
     ```python
-    >>> check_columns(Dataset.from_dict({"image": [[]], "question": ["q"]}), PRMConfig("out"))
+    >>> check_columns(Dataset.from_dict({"question": ["q"]}), PRMConfig("out"))
     Traceback (most recent call last):
     ...
     bis_prm.training.dataset.PRMDatasetError: The train dataset is missing the required column(s) ...
     ```
     """
     targets = args.dataset_mc_scores_field if args.label_mode == "soft" and not hard_labels else None
-    required = [args.dataset_image_field, args.dataset_question_field, args.dataset_steps_field]
+    required = [args.dataset_question_field, args.dataset_steps_field]
     required.append(targets or args.dataset_labels_field)
     missing = [column for column in required if column not in dataset.column_names]
     if missing:
@@ -199,9 +201,10 @@ def prepare_prm_dataset(
         args.dataset_question_field: "question",
         args.dataset_steps_field: "steps",
     }
-    dataset = dataset.rename_columns({old: new for old, new in renames.items() if old != new})
+    renames = {old: new for old, new in renames.items() if old != new and old in dataset.column_names}
+    dataset = dataset.rename_columns(renames)
     label_mode = "hard" if hard_labels else args.label_mode
-    check_images = _holds_paths(dataset.features["image"])
+    check_images = "image" in dataset.column_names and _holds_paths(dataset.features["image"])
     # the targets replace any `labels` column: in soft mode they are the MC scores
     prepared = dataset.map(
         _prepare_batch,

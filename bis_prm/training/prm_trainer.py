@@ -47,10 +47,11 @@ from transformers.trainer_utils import EvalPrediction
 from transformers.utils import is_peft_available
 from trl.trainer.base_trainer import _BaseTrainer
 
+from bis_prm.data.stepwise import from_trl_stepwise, is_trl_stepwise
 from bis_prm.model.inference import rollout_token_counts
 from bis_prm.model.modeling_prm import load_prm, prm_loss
 from bis_prm.model.processing_prm import PRMCollator, apply_image_limits
-from bis_prm.model.vision_tower import freeze_vision_tower
+from bis_prm.model.vision_tower import freeze_vision_tower, has_vision_tower
 from bis_prm.training.dataset import DatasetCheck, PRMDatasetError, check_columns, prepare_prm_dataset
 from bis_prm.training.model_card import CITATION, write_model_card
 from bis_prm.training.prm_config import PRMConfig
@@ -236,6 +237,13 @@ class PRMTrainer(_BaseTrainer):
 
         # Dataset
         # Bad data should fail in seconds, not after loading a 7B model: missing columns raise, bad rows are dropped
+        # TRL's stepwise-supervision rows (prompt, completions, bool labels) are read as they are
+        if is_trl_stepwise(train_dataset.column_names):
+            train_dataset = from_trl_stepwise(train_dataset)
+        eval_datasets = {
+            name: from_trl_stepwise(dataset) if is_trl_stepwise(dataset.column_names) else dataset
+            for name, dataset in eval_datasets.items()
+        }
         check_columns(train_dataset, args, "train")
         for name, dataset in eval_datasets.items():
             check_columns(dataset, args, name, hard_labels=True)
@@ -262,7 +270,7 @@ class PRMTrainer(_BaseTrainer):
             processing_class = processing_class or loaded_processor
         elif args.model_init_kwargs is not None:
             logger.warning("`model_init_kwargs` is ignored: the model is already instantiated.")
-        if args.freeze_vision_tower:
+        if args.freeze_vision_tower and has_vision_tower(model):  # a text PRM has none
             freeze_vision_tower(model)
         base_model = model.base_model
         if args.use_liger_kernel:

@@ -21,6 +21,7 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from trl import ModelConfig, TrlParser
 
 from bis_prm.data.formats import read_selection_report
+from bis_prm.data.internvl import is_internvl_jsonl, read_internvl_jsonl
 from bis_prm.model.modeling_prm import prm_lora_config
 from bis_prm.recipes import recipe_path
 from bis_prm.training.prm_config import PRMConfig
@@ -28,7 +29,7 @@ from bis_prm.training.prm_trainer import PRMTrainer
 
 logger = logging.getLogger(__name__)
 
-_SELECTION_KEYS = ("method", "ratio", "alpha", "tau", "seed")
+_SELECTION_KEYS = ("method", "ratio", "alpha", "tau", "seed", "layout", "columns")
 _DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -41,7 +42,10 @@ class ScriptArguments:
         dataset_name (`str`):
             Where the rollouts come from: a local corpus root or Hub repo in the VisualPRM400K-Raw layout (needs
             `selection`), a pushed subset repo (`load_dataset("user/subset")`), a local subset file
-            (`.jsonl`/`.json`/`.parquet`) or a directory written by `Dataset.save_to_disk`.
+            (`.jsonl`/`.json`/`.parquet`) or a directory written by `Dataset.save_to_disk`. A `.jsonl` file of the
+            reference code's InternVL conversation records (`bis-prm select --format internvl`) is read with
+            [`~bis_prm.data.internvl.read_internvl_jsonl`]; its image paths are relative to the corpus root, which
+            the recipe gives as `image_root` (a [`PRMConfig`] field; without it, the file's folder).
         dataset_config (`str`, *optional*):
             Configuration name of a Hub dataset.
         dataset_train_split (`str`, *optional*, defaults to `"train"`):
@@ -51,8 +55,11 @@ class ScriptArguments:
         eval_ratio (`float`, *optional*, defaults to `0.0`):
             Share of the training rollouts held out for evaluation when there is no test split.
         selection (`dict`, *optional*):
-            Run data selection on the fly with `bis_prm.data.selection.build_subset`: keys `method` (`"bis"`, ...),
-            `ratio`, `alpha`, `tau`, `seed`. Leave unset to train on `dataset_name` as is.
+            Run data selection on the fly with `bis_prm.data.selection.run_selection`: keys `method` (`"bis"`, ...),
+            `ratio`, `alpha`, `tau`, `seed`, and for corpora that are not in the VisualPRM400K-Raw layout `layout:
+            stepwise` and `columns` (`{"question": ..., "steps": ..., "scores": ..., "image": ..., "source": ...}`,
+            see `bis_prm.data.stepwise.StepwiseColumns`). Leave unset to train on `dataset_name` as is (the HF PRM
+            format, or TRL's stepwise-supervision format).
     """
 
     dataset_name: str = field(metadata={"help": "Corpus root / Hub repo (with `selection`), subset repo or file."})
@@ -112,7 +119,9 @@ def load_prm_datasets(
 
     A local subset written by `bis-prm select` is read with its `image_root` resolved against the subset's folder
     (so subset and corpus can move together) and with its selection report (`<name>.selection.json`, for the model
-    card); its `datasets` cache is keyed on the file's content.
+    card); its `datasets` cache is keyed on the file's content. A `.jsonl` file of InternVL conversation records
+    is read with [`~bis_prm.data.internvl.read_internvl_jsonl`] (its `image_root` column is the file's folder;
+    `PRMConfig.image_root`, the corpus root, takes precedence at training).
 
     Args:
         script_args ([`ScriptArguments`]):
@@ -140,6 +149,10 @@ def load_prm_datasets(
         # training reads the images: a Hub corpus needs its images.zip too
         selection = run_selection(name, **script_args.selection, num_proc=num_proc, download_images=True)
         dataset, report = DatasetDict({script_args.dataset_train_split: selection.to_prm()}), selection.report
+    elif path.suffix == ".jsonl" and path.is_file() and is_internvl_jsonl(path):
+        # the reference code's conversation records: `image` and the turns' `value` mix strings and lists, which
+        # Arrow's JSON reader (`load_dataset("json")`) rejects
+        dataset, report = DatasetDict({"train": read_internvl_jsonl(path)}), read_selection_report(path)
     elif path.suffix in _DATA_FILE_BUILDERS and path.is_file():
         dataset = load_dataset(
             _DATA_FILE_BUILDERS[path.suffix], data_files={"train": name}, cache_dir=_content_cache_dir(path)

@@ -2,7 +2,8 @@
 
 It is the test oracle for `bis-prm select --format internvl` on clean corpora and the baseline of
 `bench_select.py`: files in sorted name order, one `json.loads` per line, top `max(1, int(m * ratio))` rollouts per
-file by BIS (ties in file order), written in file order as InternVL conversation records.
+file by BIS (ties in file order), written in file order as InternVL conversation records: hard labels, or with
+`soft=True` the MC scores as floats (the reference's `converted_soft`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def step_scores(record: dict) -> list[float]:
     return scores
 
 
-def conversation(record: dict) -> dict | None:
+def conversation(record: dict, soft: bool = False) -> dict | None:
     """The InternVL record, or None when the rollout cannot be converted."""
     steps = record.get("steps_with_score") or []
     if not record.get("image") or not steps:
@@ -43,13 +44,15 @@ def conversation(record: dict) -> dict | None:
         if not text:
             return None
         texts.append(text + "<prm>")
-        labels.append(1.0 if score > 0.0 else 0.0)
+        labels.append(score if soft else 1.0 if score > 0.0 else 0.0)
     question = str(record.get("question_orig") or record.get("question") or "").strip()
     human = {"from": "human", "value": f"Question: {question}\nProcess: " + "\n\n".join(texts)}
     return {"image": record["image"], "conversations": [human, {"from": "gpt", "value": labels}]}
 
 
-def reference_select(annotations_dir: str | Path, output: str | Path, ratio: float, alpha: float) -> int:
+def reference_select(
+    annotations_dir: str | Path, output: str | Path, ratio: float, alpha: float, soft: bool = False
+) -> int:
     """Write the reference BIS subset of `annotations_dir` to `output`; returns the number of records written."""
     written = 0
     with open(output, "w", encoding="utf-8") as out:
@@ -71,7 +74,7 @@ def reference_select(annotations_dir: str | Path, output: str | Path, ratio: flo
             ranked.sort(key=lambda item: item[1], reverse=True)
             top_k = max(1, int(len(ranked) * ratio))
             for index in sorted(index for index, _ in ranked[:top_k]):
-                record = conversation(json.loads(lines[index]))
+                record = conversation(json.loads(lines[index]), soft)
                 if record is not None:
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
                     written += 1
