@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 
 import torch
@@ -286,18 +287,24 @@ def _writable(*parameters: torch.nn.Parameter):
         yield
 
 
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
 def _from_base(prm_class: type, name_or_path, config, from_pretrained_kwargs: dict):
     """The PRM class's stock `from_pretrained` on a base checkpoint. transformers reports the LM head it leaves out and
     the new `score` head as loading problems; those two are the point, so only the other problems are reported."""
     loading_logger = transformers_logging.get_logger("transformers.modeling_utils")
-    level = loading_logger.level
-    loading_logger.setLevel(transformers_logging.ERROR)
+    # a filter, not a higher level: transformers checks tensor-parallel plans (and warns) when the level is raised
+    report_filter = _DropLoadReport()
+    loading_logger.addFilter(report_filter)
     try:
         model, info = prm_class.from_pretrained(
             name_or_path, config=config, output_loading_info=True, **from_pretrained_kwargs
         )
     finally:
-        loading_logger.setLevel(level)
+        loading_logger.removeFilter(report_filter)
     problems = {
         "missing": sorted(key for key in info["missing_keys"] if not key.startswith("score.")),
         "unexpected": sorted(key for key in info["unexpected_keys"] if "lm_head" not in key),
