@@ -201,7 +201,7 @@ def test_a_batch_of_only_bad_rollouts_runs_with_no_weight(assets, tmp_path):
     good, bad = prm_dataset(assets["images"], num_rows=2).to_list()
     bad = {**bad, "image": [str(tmp_path / "missing.png")], "row_index": 9}
     batch = SkippingCollator(PRMCollator(processor), fallback=good)([bad])
-    assert batch["skipped"] == [(9, "missing_image", f"Cannot open image '{tmp_path / 'missing.png'}': no such file")]
+    assert batch["skipped"] == [(9, "missing_image", f"image '{tmp_path / 'missing.png'}' not found")]
     assert (batch["labels"] == -100).all() and batch["input_ids"].shape[0] == 1
 
 

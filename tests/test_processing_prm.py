@@ -104,7 +104,7 @@ def test_collator_without_labels_is_inference(qwen_processor):
         (lambda exs: exs[0].pop("labels"), "Example 0: no 'labels' while other examples"),
         (lambda exs: exs[2].update(steps=[], labels=[]), "Example 2: The rollout has no step"),
         (lambda exs: exs[1].update(question="Q<prm>"), "Example 1: The question already contains"),
-        (lambda exs: exs[3].update(image="/nonexistent/figure.png"), "Example 3: Cannot open image '/nonexistent"),
+        (lambda exs: exs[3].update(image="/nonexistent/figure.png"), "Example 3: image '/nonexistent"),
     ],
 )
 def test_collator_bad_input(qwen_processor, mutate, match):

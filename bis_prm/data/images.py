@@ -19,6 +19,7 @@ __all__ = [
     "IMAGE_REASONS",
     "MAX_IMAGE_PIXELS",
     "ImageProblem",
+    "open_image",
     "paths_outside_root",
     "read_image_size",
     "resolve_image",
@@ -118,9 +119,10 @@ def paths_outside_root(paths: pa.Array, root: str | os.PathLike | None) -> np.nd
     return outside
 
 
-def read_image_size(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS, decode: bool = True) -> Image.Image:
     """
-    `(width, height)` of an image file, read from its header without decoding the pixels.
+    Open an image file, checking its size in the header before any pixel is decoded; with `decode`, the decoded RGB
+    image, otherwise the unloaded image (its `size` is read, nothing else).
 
     Raises:
         [`ImageProblem`]: `missing_image` (no such file), `image_unreadable` (empty, corrupt or not an image) or
@@ -129,8 +131,8 @@ def read_image_size(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS)
     Example:
 
     ```python
-    >>> read_image_size("figure.png")
-    (640, 480)
+    >>> open_image("figure.png").mode
+    'RGB'
     ```
     """
     if not os.path.isfile(path):
@@ -140,12 +142,31 @@ def read_image_size(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageProblem(
+                        "image_too_large", f"image {str(path)!r} has {width}x{height} pixels, more than {max_pixels}"
+                    )
+                return image.convert("RGB") if decode else image
+    except ImageProblem:
+        raise
     except Image.DecompressionBombError as error:
         raise ImageProblem("image_too_large", f"image {str(path)!r}: {error}") from None
     except Exception as error:  # PIL raises many types for hostile files (OSError, SyntaxError, struct.error, ...)
         raise ImageProblem("image_unreadable", f"image {str(path)!r} cannot be read: {error}") from None
-    if width * height > max_pixels:
-        raise ImageProblem(
-            "image_too_large", f"image {str(path)!r} has {width}x{height} pixels, more than {max_pixels}"
-        )
-    return width, height
+
+
+def read_image_size(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """
+    `(width, height)` of an image file, read from its header without decoding the pixels.
+
+    Raises:
+        [`ImageProblem`]: as [`open_image`].
+
+    Example:
+
+    ```python
+    >>> read_image_size("figure.png")
+    (640, 480)
+    ```
+    """
+    return open_image(path, max_pixels, decode=False).size

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 
-from bis_prm.data.images import MAX_IMAGE_PIXELS, ImageProblem
+from bis_prm.data.images import MAX_IMAGE_PIXELS, ImageProblem, open_image
 from bis_prm.data.prompt import ExampleError, render_prompt
 
 __all__ = [
@@ -108,24 +107,7 @@ def load_image(image: str | os.PathLike | Image.Image, max_pixels: int = MAX_IMA
     """
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    if not os.path.isfile(image):
-        raise ImageProblem("missing_image", f"Cannot open image {str(image)!r}: no such file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(image) as opened:
-                if opened.width * opened.height > max_pixels:
-                    raise ImageProblem(
-                        "image_too_large",
-                        f"Image {str(image)!r} has {opened.width}x{opened.height} pixels, more than {max_pixels}",
-                    )
-                return opened.convert("RGB")
-    except ImageProblem:
-        raise
-    except Image.DecompressionBombError as error:
-        raise ImageProblem("image_too_large", f"Image {str(image)!r}: {error}") from None
-    except Exception as error:  # PIL raises many types for hostile files (OSError, SyntaxError, struct.error, ...)
-        raise ImageProblem("image_unreadable", f"Cannot open image {str(image)!r}: {error}") from None
+    return open_image(image, max_pixels)
 
 
 def tile_images(images: Sequence[Image.Image], max_cols: int = 3) -> Image.Image:

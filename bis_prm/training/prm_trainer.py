@@ -133,7 +133,7 @@ class SkippingCollator:
     >>> collator = SkippingCollator(PRMCollator(processor), fallback=train_dataset[0])
     >>> batch = collator([good_row, row_with_a_corrupt_image])
     >>> batch["skipped"]
-    [(17, 'image_unreadable', "Cannot open image '.../corrupt.png': ...")]
+    [(17, 'image_unreadable', "image '.../corrupt.png' cannot be read: ...")]
     ```
     """
 
