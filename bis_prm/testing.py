@@ -117,6 +117,7 @@ def tiny_tokenizer(arch: str = "qwen2_5_vl", vocab_size: int = 600) -> PreTraine
     >>> tokenizer = tiny_tokenizer("qwen2_5_vl")
     >>> len(tokenizer("Yes").input_ids), len(tokenizer("No").input_ids)
     (1, 1)
+
     ```
     """
     if arch not in _SPECIAL_TOKENS:
@@ -366,9 +367,10 @@ def make_tiny_vlm(
 
     ```python
     >>> from transformers import AutoModelForImageTextToText, AutoProcessor
-    >>> path = make_tiny_vlm("qwen2_5_vl", "/tmp/tiny-qwen2_5_vl")
-    >>> model = AutoModelForImageTextToText.from_pretrained(path)
-    >>> processor = AutoProcessor.from_pretrained(path)
+    >>> path = make_tiny_vlm("qwen2_5_vl", "/tmp/tiny-qwen2_5_vl")  # doctest: +SKIP
+    >>> model = AutoModelForImageTextToText.from_pretrained(path)  # doctest: +SKIP
+    >>> processor = AutoProcessor.from_pretrained(path)  # doctest: +SKIP
+
     ```
     """
     if arch not in _BUILDERS:
@@ -412,9 +414,10 @@ def make_tiny_lm(arch: str, path: str | os.PathLike, seed: int = 0, chat_templat
 
     ```python
     >>> from transformers import AutoModelForCausalLM, AutoTokenizer
-    >>> path = make_tiny_lm("qwen2", "/tmp/tiny-qwen2")
-    >>> AutoModelForCausalLM.from_pretrained(path).config.model_type
+    >>> path = make_tiny_lm("qwen2", "/tmp/tiny-qwen2")  # doctest: +SKIP
+    >>> AutoModelForCausalLM.from_pretrained(path).config.model_type  # doctest: +SKIP
     'qwen2'
+
     ```
     """
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
@@ -487,9 +490,12 @@ def make_corpus(
     Example:
 
     ```python
-    >>> annotations = make_corpus("/tmp/corpus", num_sources=38, rollouts_per_source=10527)  # ~400k rollouts
-    >>> len(list(annotations.glob("*.jsonl")))
+    >>> annotations = make_corpus(  # doctest: +SKIP
+    ...     "/tmp/corpus", num_sources=38, rollouts_per_source=10527
+    ... )  # ~400k rollouts
+    >>> len(list(annotations.glob("*.jsonl")))  # doctest: +SKIP
     38
+
     ```
     """
     rng = random.Random(seed)
@@ -561,9 +567,10 @@ def write_visualprocessbench(
     Example:
 
     ```python
-    >>> bench = write_visualprocessbench("/tmp/vpb", rows=100, image_side=(28, 56))
-    >>> sorted(p.name for p in bench.iterdir())
+    >>> bench = write_visualprocessbench("/tmp/vpb", rows=100, image_side=(28, 56))  # doctest: +SKIP
+    >>> sorted(p.name for p in bench.iterdir())  # doctest: +SKIP
     ['images', 'test.jsonl']
+
     ```
     """
     root = Path(root)

@@ -22,6 +22,7 @@ def arrow_columns(ds: datasets.Dataset, names: list[str]) -> pa.Table:
 
     Example:
 
+    >>> import datasets
     >>> arrow_columns(datasets.Dataset.from_dict({"a": [1, 2, 3]}).select([2, 0]), ["a"]).column("a").to_pylist()
     [3, 1]
     """

@@ -68,6 +68,9 @@ def build_dataset_card(report: dict[str, Any], command: str | None = None) -> Da
 
     Example:
 
+    >>> from bis_prm.data.selection import run_selection
+    >>> rows = {"question": ["q", "q"], "steps": [["a", "b"], ["c"]], "mc_scores": [[1.0, 0.0], [1.0]]}
+    >>> report = run_selection(datasets.Dataset.from_dict(rows), method="bis", ratio=0.5).report
     >>> card = build_dataset_card(report, command="bis-prm select --dataset OpenGVLab/VisualPRM400K-v1.1-Raw")
     >>> "| method | `bis` |" in card.text
     True
@@ -148,7 +151,9 @@ def push_subset_to_hub(
 
     Example:
 
-    >>> push_subset_to_hub(prm_subset, "me/visualprm400k-bis10", report, command="bis-prm select ...")
+    >>> push_subset_to_hub(  # doctest: +SKIP
+    ...     prm_subset, "me/visualprm400k-bis10", report, command="bis-prm select ..."
+    ... )
     """
     if embed_images:
         # the rows were checked to stay inside their corpus root (`image_outside_root`): only corpus files are read

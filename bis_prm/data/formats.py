@@ -40,6 +40,10 @@ def prm_batch(batch: pa.Table, image_root: str | None) -> pa.Table:
 
     Example:
 
+    >>> from bis_prm.data.scoring import score_rollouts
+    >>> from bis_prm.data.stepwise import stepwise_rollouts
+    >>> ds = datasets.Dataset.from_dict({"question": ["q"], "steps": [["a", "b"]], "mc_scores": [[0.5, 0.0]]})
+    >>> scored = score_rollouts(stepwise_rollouts(ds))
     >>> prm_batch(scored.with_format("arrow")[:2], "/data/corpus").column_names[:4]
     ['image', 'image_root', 'question', 'steps']
     """
@@ -77,9 +81,13 @@ def to_prm_format(ds: datasets.Dataset, image_root: str | os.PathLike | None = N
 
     Example:
 
-    >>> prm = to_prm_format(subset, image_root="VisualPRM400K-v1.1-Raw")
+    >>> from bis_prm.data.scoring import score_rollouts
+    >>> from bis_prm.data.stepwise import stepwise_rollouts
+    >>> ds = datasets.Dataset.from_dict({"question": ["q"], "steps": [["a", "b"]], "mc_scores": [[0.5, 0.0]]})
+    >>> scored = score_rollouts(stepwise_rollouts(ds))
+    >>> prm = to_prm_format(scored, image_root="VisualPRM400K-v1.1-Raw")
     >>> prm.column_names[:4]
-    ['image', 'question', 'steps', 'labels']
+    ['image', 'image_root', 'question', 'steps']
     """
     root = None if image_root is None else str(Path(image_root).resolve())
     map_kwargs = {"batched": True, "desc": "Converting to PRM format", **map_kwargs}
@@ -101,6 +109,7 @@ def check_output_path(path: str | os.PathLike, format: str = "hf") -> Path:
     Traceback (most recent call last):
     ...
     ValueError: output bis10.csv: the hf format is written to a .jsonl or .parquet file or a directory (no suffix)
+
     ```
     """
     if format not in FORMATS:
@@ -124,6 +133,7 @@ def check_label_mode(label_mode: str, format: str = "hf") -> None:
     Traceback (most recent call last):
     ...
     ValueError: label mode soft is for the internvl format: the hf format holds both labels and mc_scores ...
+
     ```
     """
     if label_mode not in LABEL_MODES:
@@ -214,8 +224,9 @@ def write_subset(
     Example:
 
     ```python
-    >>> write_subset(subset, "bis10.jsonl", format="internvl")
-    >>> write_subset(subset, "bis10_soft.jsonl", format="internvl", label_mode="soft")
+    >>> write_subset(subset, "bis10.jsonl", format="internvl")  # doctest: +SKIP
+    >>> write_subset(subset, "bis10_soft.jsonl", format="internvl", label_mode="soft")  # doctest: +SKIP
+
     ```
     """
     path = check_output_path(path, format)

@@ -55,6 +55,7 @@ def resolve_image(path: str | os.PathLike, root: str | os.PathLike | None, conta
     Traceback (most recent call last):
     ...
     bis_prm.data.images.ImageProblem: image path '../secret' resolves outside the root /data/corpus
+
     ```
     """
     path = Path(path)
@@ -86,6 +87,7 @@ def paths_outside_root(paths: pa.Array, root: str | os.PathLike | None) -> np.nd
     ```python
     >>> paths_outside_root(pa.array(["ai2d/1.png", "../../token", "/etc/passwd", "a/../b.png"]), None)
     array([False,  True,  True, False])
+
     ```
     """
     outside = np.zeros(len(paths), dtype=bool)
@@ -131,8 +133,9 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS, deco
     Example:
 
     ```python
-    >>> open_image("figure.png").mode
+    >>> open_image("figure.png").mode  # doctest: +SKIP
     'RGB'
+
     ```
     """
     if not os.path.isfile(path):
@@ -165,8 +168,9 @@ def read_image_size(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS)
     Example:
 
     ```python
-    >>> read_image_size("figure.png")
+    >>> read_image_size("figure.png")  # doctest: +SKIP
     (640, 480)
+
     ```
     """
     return open_image(path, max_pixels, decode=False).size

@@ -22,7 +22,7 @@ def plot_selection_histograms(ds: datasets.Dataset, subset: datasets.Dataset, pa
 
     Example:
 
-    >>> plot_selection_histograms(scored, subset, "stats.png")
+    >>> plot_selection_histograms(scored, subset, "stats.png")  # doctest: +SKIP
     """
     import matplotlib
 

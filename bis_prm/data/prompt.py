@@ -66,6 +66,7 @@ def render_prompt(question: str, steps: Sequence[str], step_token: str = "<prm>"
     ```python
     >>> render_prompt("<image>\\nHow many circles?", ["I count 2.", "The answer is 2."])
     'Question: How many circles?\\nProcess: I count 2.<prm>\\n\\nThe answer is 2.<prm>'
+
     ```
     """
     if not steps:
@@ -90,6 +91,7 @@ def prompt_column(questions: pa.Array, steps: pa.ListArray, step_token: str = "<
     ```python
     >>> prompt_column(pa.array([" Q "]), pa.array([["s1 ", "s2"]])).to_pylist()
     ['Question: Q\\nProcess: s1<prm>\\n\\ns2<prm>']
+
     ```
     """
     lengths, flat_steps = list_parts(steps)

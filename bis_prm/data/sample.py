@@ -728,7 +728,7 @@ def make_sample(output_dir: str | Path, config: SampleConfig | None = None, **ov
     Example:
 
     >>> from bis_prm.data.sample import make_sample
-    >>> paths = make_sample("sample", seed=0, num_rollouts=200, num_benchmark_rows=50)
+    >>> paths = make_sample("/tmp/sample", seed=0, num_rollouts=200, num_benchmark_rows=50)
     >>> sorted(p.name for p in paths.annotations_dir.glob("*.jsonl"))
     ['bar_charts.jsonl', 'colors.jsonl', 'counting.jsonl', 'digits.jsonl', 'shapes.jsonl']
     >>> paths.statistics["corpus"]["rollouts"], paths.statistics["benchmark"]["rows"]
@@ -773,7 +773,7 @@ def make_text_sample(output_dir: str | Path, config: SampleConfig | None = None,
     Example:
 
     >>> from bis_prm.data.sample import make_text_sample
-    >>> paths = make_text_sample("text-sample", num_rollouts=200, num_benchmark_rows=40)
+    >>> paths = make_text_sample("/tmp/text-sample", num_rollouts=200, num_benchmark_rows=40)
     >>> sorted(p.name for p in paths.annotations_dir.glob("*.jsonl"))
     ['addition.jsonl', 'chains.jsonl', 'multiplication.jsonl', 'word_problems.jsonl']
     >>> paths.trl_file.name, paths.statistics["benchmark"]["rows"]

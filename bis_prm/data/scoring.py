@@ -107,7 +107,7 @@ def score_rollouts(ds: datasets.Dataset, tau: float = 0.0, alpha: float = 0.2, *
 
     >>> ds = datasets.Dataset.from_dict({"mc_scores": [[0.5, 0.0], [1.0]]})
     >>> score_rollouts(ds, alpha=0.2)["bis"]
-    [0.225, 0.2]
+    Column([0.225, 0.2])
     """
     map_kwargs = {"batched": True, "batch_size": 10_000, "desc": "Scoring rollouts", **map_kwargs}
     inputs = [name for name in ("mc_scores", "invalid_reason") if name in ds.column_names]

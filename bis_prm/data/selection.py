@@ -127,6 +127,8 @@ def selection_indices(
 
     Example:
 
+    >>> rollouts = {"source": ["a", "a", "b", "b"], "mc_scores": [[1.0, 0.0], [1.0], [0.0], [0.5, 0.0]]}
+    >>> scored = score_rollouts(datasets.Dataset.from_dict(rollouts))
     >>> selection_indices(scored, method="bis", ratio=0.5, alpha=0.2)
     array([0, 3])
     """
@@ -181,7 +183,10 @@ def select_subset(
 
     Example:
 
-    >>> subset = select_subset(load_visualprm400k("VisualPRM400K-v1.1-Raw"), method="bis", ratio=0.1, alpha=0.2)
+    >>> rollouts = {"source": ["a", "a", "b", "b"], "mc_scores": [[1.0, 0.0], [1.0], [0.0], [0.5, 0.0]]}
+    >>> subset = select_subset(datasets.Dataset.from_dict(rollouts), method="bis", ratio=0.5, alpha=0.2)
+    >>> subset["mc_scores"]
+    Column([[1.0, 0.0], [0.5, 0.0]])
     """
     if "p_pos" not in ds.column_names:
         ds = score_rollouts(ds, tau=tau, alpha=alpha)
@@ -194,7 +199,11 @@ def select_bis(ds: datasets.Dataset, ratio: float, alpha: float, by: str | None 
 
     Example:
 
-    >>> subset = select_bis(scored, ratio=0.1, alpha=0.2)
+    >>> rollouts = {"source": ["a", "a", "b", "b"], "mc_scores": [[1.0, 0.0], [1.0], [0.0], [0.5, 0.0]]}
+    >>> scored = score_rollouts(datasets.Dataset.from_dict(rollouts))
+    >>> subset = select_bis(scored, ratio=0.5, alpha=0.2)
+    >>> subset["bis"]
+    Column([0.45, 0.225])
     """
     return select_subset(ds, method="bis", ratio=ratio, alpha=alpha, by=by)
 
@@ -300,9 +309,12 @@ def subset_report(
     Example:
 
     ```python
-    >>> report = subset_report(scored, subset)
+    >>> rollouts = {"source": ["a", "a", "b"], "mc_scores": [[1.0, 0.0], [1.0], [0.5]], "invalid_reason": ["", "", ""]}
+    >>> scored = score_rollouts(datasets.Dataset.from_dict(rollouts))
+    >>> report = subset_report(scored, select_subset(scored, ratio=0.5))
     >>> report["total"]["kept"] + sum(report["total"]["dropped"].values()) == report["total"]["read"]
     True
+
     ```
     """
     has_lines = "file_lines" in ds.column_names and "line" in ds.column_names
@@ -398,9 +410,10 @@ def run_selection(
     Example:
 
     ```python
-    >>> selection = run_selection("VisualPRM400K-v1.1-Raw", method="bis", ratio=0.1, alpha=0.2)
-    >>> selection.report["total"]["kept"] == len(selection.subset)
+    >>> selection = run_selection("VisualPRM400K-v1.1-Raw", method="bis", ratio=0.1, alpha=0.2)  # doctest: +SKIP
+    >>> selection.report["total"]["kept"] == len(selection.subset)  # doctest: +SKIP
     True
+
     ```
     """
     if layout not in LAYOUTS:
@@ -474,9 +487,12 @@ def build_subset(
     Example:
 
     ```python
-    >>> train_dataset, report = build_subset("VisualPRM400K-v1.1-Raw", method="bis", ratio=0.1, alpha=0.2)
-    >>> report["total"]["kept"] == len(train_dataset)
+    >>> train_dataset, report = build_subset(  # doctest: +SKIP
+    ...     "VisualPRM400K-v1.1-Raw", method="bis", ratio=0.1, alpha=0.2
+    ... )
+    >>> report["total"]["kept"] == len(train_dataset)  # doctest: +SKIP
     True
+
     ```
     """
     selection = run_selection(

@@ -68,6 +68,7 @@ class StepwiseColumns:
     ```python
     >>> StepwiseColumns.for_columns(["prompt", "completions", "labels"])
     StepwiseColumns(question='prompt', steps='completions', scores='labels', image='image', source=None)
+
     ```
     """
 
@@ -94,6 +95,7 @@ def is_trl_stepwise(column_names: Iterable[str]) -> bool:
     ```python
     >>> is_trl_stepwise(["prompt", "completions", "labels"]), is_trl_stepwise(["question", "steps", "labels"])
     (True, False)
+
     ```
     """
     names = set(column_names)
@@ -118,6 +120,7 @@ def from_trl_stepwise(dataset: datasets.Dataset, **map_kwargs) -> datasets.Datas
     >>> ds = datasets.Dataset.from_dict({"prompt": ["1 + 1?"], "completions": [["1 + 1 = 2."]], "labels": [[True]]})
     >>> from_trl_stepwise(ds)[0]
     {'question': '1 + 1?', 'steps': ['1 + 1 = 2.'], 'labels': [1.0], 'mc_scores': [1.0]}
+
     ```
     """
     dataset = dataset.rename_columns({"prompt": "question", "completions": "steps"})
@@ -216,6 +219,7 @@ def stepwise_rollouts(
     >>> rollouts = stepwise_rollouts(ds)
     >>> rollouts[0]["source"], rollouts[0]["mc_scores"], rollouts[0]["invalid_reason"]
     ('all', [0.5, 0.0], '')
+
     ```
     """
     columns = _resolve(columns, dataset.column_names)
@@ -275,8 +279,9 @@ def is_stepwise_corpus(path_or_repo: str | os.PathLike) -> bool:
     Example:
 
     ```python
-    >>> is_stepwise_corpus("data/text-sample/corpus"), is_stepwise_corpus("data/sample/corpus")
+    >>> is_stepwise_corpus("data/text-sample/corpus"), is_stepwise_corpus("data/sample/corpus")  # doctest: +SKIP
     (True, False)
+
     ```
     """
     path = Path(path_or_repo)
@@ -323,9 +328,10 @@ def read_stepwise(
     Example:
 
     ```python
-    >>> rollouts, sources, root = read_stepwise("data/text-sample/corpus")
-    >>> sources
+    >>> rollouts, sources, root = read_stepwise("data/text-sample/corpus")  # doctest: +SKIP
+    >>> sources  # doctest: +SKIP
     ['addition', 'chains', 'multiplication', 'word_problems']
+
     ```
     """
     root = None

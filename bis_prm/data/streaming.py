@@ -322,9 +322,12 @@ def stream_selection(
     Example:
 
     ```python
-    >>> report = stream_selection("VisualPRM400K-v1.1-Raw", "bis10.jsonl", method="bis", ratio=0.1, alpha=0.2)
-    >>> report["total"]["kept"]
+    >>> report = stream_selection(  # doctest: +SKIP
+    ...     "VisualPRM400K-v1.1-Raw", "bis10.jsonl", method="bis", ratio=0.1, alpha=0.2
+    ... )
+    >>> report["total"]["kept"]  # doctest: +SKIP
     40019
+
     ```
     """
     if method not in METHODS:

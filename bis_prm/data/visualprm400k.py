@@ -397,9 +397,10 @@ def read_annotation_file(path: str | os.PathLike, image_root: str | os.PathLike 
     Example:
 
     ```python
-    >>> table = read_annotation_file("annotations/ai2d.jsonl")
-    >>> table.column_names[:3]
+    >>> table = read_annotation_file("annotations/ai2d.jsonl")  # doctest: +SKIP
+    >>> table.column_names[:3]  # doctest: +SKIP
     ['source', 'line', 'file_lines']
+
     ```
     """
     path = Path(path)
@@ -467,8 +468,9 @@ def iter_annotation_blocks(
     Example:
 
     ```python
-    >>> sum(block.rows.num_rows for block in iter_annotation_blocks("annotations/ai2d.jsonl"))
+    >>> sum(block.rows.num_rows for block in iter_annotation_blocks("annotations/ai2d.jsonl"))  # doctest: +SKIP
     10527
+
     ```
     """
     path = Path(path)
@@ -565,8 +567,8 @@ def resolve_visualprm400k(
 
     Example:
 
-    >>> annotations_dir, root = resolve_visualprm400k("VisualPRM400K-v1.1-Raw")
-    >>> annotations_dir.name
+    >>> annotations_dir, root = resolve_visualprm400k("VisualPRM400K-v1.1-Raw")  # doctest: +SKIP
+    >>> annotations_dir.name  # doctest: +SKIP
     'annotations'
     """
     path = Path(path_or_repo)
@@ -641,7 +643,7 @@ def read_annotations(
 
     Example:
 
-    >>> read_annotations("VisualPRM400K-v1.1-Raw/annotations").num_rows
+    >>> read_annotations("VisualPRM400K-v1.1-Raw/annotations").num_rows  # doctest: +SKIP
     400000
     """
     files = find_annotation_files(annotations_dir)
@@ -683,8 +685,8 @@ def load_visualprm400k(
 
     Example:
 
-    >>> ds = load_visualprm400k("VisualPRM400K-v1.1-Raw")
-    >>> ds[0]["source"], ds[0]["steps"][:1]
+    >>> ds = load_visualprm400k("VisualPRM400K-v1.1-Raw")  # doctest: +SKIP
+    >>> ds[0]["source"], ds[0]["steps"][:1]  # doctest: +SKIP
     ('ai2d', ['Step 1: ...'])
     """
     annotations_dir, root = resolve_visualprm400k(path_or_repo, revision=revision, cache_dir=cache_dir)

@@ -64,9 +64,10 @@ def load_candidates(
     Example:
 
     ```python
-    >>> questions, skipped = load_candidates("candidates.jsonl")
-    >>> len(questions[0]["candidates"]), skipped.counts()
+    >>> questions, skipped = load_candidates("candidates.jsonl")  # doctest: +SKIP
+    >>> len(questions[0]["candidates"]), skipped.counts()  # doctest: +SKIP
     (8, {})
+
     ```
     """
     root = Path(path).parent
@@ -164,8 +165,9 @@ def best_of_n(
     Example:
 
     ```python
-    >>> model, processor = load_prm("path/to/prm")
-    >>> results, summary = best_of_n(model, processor, "candidates.jsonl", aggregation="min")
+    >>> model, processor = load_prm("path/to/prm")  # doctest: +SKIP
+    >>> results, summary = best_of_n(model, processor, "candidates.jsonl", aggregation="min")  # doctest: +SKIP
+
     ```
     """
     from bis_prm.model.inference import StepScorer

@@ -25,6 +25,7 @@ class SkippedRows:
     >>> skipped.add("broken_json", 3, "not valid JSON")
     >>> skipped.counts(), skipped.summary()["broken_json"]["lines"]
     ({'broken_json': 1}, [3])
+
     ```
     """
 
@@ -62,8 +63,9 @@ def iter_jsonl(path: str | os.PathLike, max_lines: int | None = None) -> Iterato
     Example:
 
     ```python
-    >>> for line, record, problem in iter_jsonl("test.jsonl"):
+    >>> for line, record, problem in iter_jsonl("test.jsonl"):  # doctest: +SKIP
     ...     print(line, problem or record["data_source"])
+
     ```
     """
     with open(path, "rb") as f:

@@ -248,9 +248,12 @@ def evaluate_prm(config: EvalConfig) -> dict | None:
     Example:
 
     ```python
-    >>> metrics = evaluate_prm(EvalConfig(model="prm", benchmark="datasets/VisualProcessBench", output_dir="out"))
-    >>> metrics["micro_over_sources"]
+    >>> metrics = evaluate_prm(  # doctest: +SKIP
+    ...     EvalConfig(model="prm", benchmark="datasets/VisualProcessBench", output_dir="out")
+    ... )
+    >>> metrics["micro_over_sources"]  # doctest: +SKIP
     0.62
+
     ```
     """
     from accelerate import PartialState

@@ -66,6 +66,7 @@ def display_source(name: str) -> str:
     ```python
     >>> display_source("MathVerse_MINI_Vision_Only"), display_source("MMMU_DEV_VAL"), display_source("ChartQA")
     ('MathVerse', 'MMMU', 'ChartQA')
+
     ```
     """
     for short in PAPER_SOURCES:
@@ -229,9 +230,10 @@ def load_visualprocessbench(
     Example:
 
     ```python
-    >>> bench = load_visualprocessbench("datasets/VisualProcessBench")
-    >>> len(bench.rows), bench.num_steps, bench.skip_counts()
+    >>> bench = load_visualprocessbench("datasets/VisualProcessBench")  # doctest: +SKIP
+    >>> len(bench.rows), bench.num_steps, bench.skip_counts()  # doctest: +SKIP
     (2866, 26950, {})
+
     ```
     """
     path = _resolve(dir_or_repo_id, split)

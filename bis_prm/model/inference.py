@@ -76,8 +76,11 @@ def rollout_token_counts(
     Example:
 
     ```python
-    >>> rollout_token_counts(processor, [{"image": "fig.png", "question": "Q?", "steps": ["a", "b"]}])
+    >>> rollout_token_counts(  # doctest: +SKIP
+    ...     processor, [{"image": "fig.png", "question": "Q?", "steps": ["a", "b"]}]
+    ... )
     [1043]
+
     ```
     """
     texts, image_tokens = [], []
@@ -113,6 +116,7 @@ def plan_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: 
     [[1, 3], [2, 4], [0]]
     >>> plan_batches([5, 30, 10, 28, 9], max_batch_size=8, max_batch_tokens=60)
     [[1, 3], [2, 4, 0]]
+
     ```
     """
     if max_batch_size < 1:
@@ -143,6 +147,7 @@ def deal_batches(batches: Sequence[Sequence[int]], lengths: Sequence[int], num_p
     ```python
     >>> deal_batches([[0], [1], [2, 3]], lengths=[10, 6, 3, 3], num_processes=2)
     [[0], [1, 2]]
+
     ```
     """
     costs = [len(batch) * max(lengths[row] for row in batch) for batch in batches]
@@ -222,9 +227,10 @@ class StepScorer:
     Example:
 
     ```python
-    >>> scorer = StepScorer(model, processor, max_batch_tokens=16384, num_workers=4)
-    >>> for row, scores, failure in scorer.iter_scores(examples, scorer.plan(examples)):
+    >>> scorer = StepScorer(model, processor, max_batch_tokens=16384, num_workers=4)  # doctest: +SKIP
+    >>> for row, scores, failure in scorer.iter_scores(examples, scorer.plan(examples)):  # doctest: +SKIP
     ...     print(row, scores or failure)
+
     ```
     """
 
@@ -352,9 +358,12 @@ def score_steps(
     Example:
 
     ```python
-    >>> model, processor = load_prm("path/to/prm")
-    >>> score_steps(model, processor, [{"image": "fig.png", "question": "2+2?", "steps": ["2+2=4.", "So 4."]}])
+    >>> model, processor = load_prm("path/to/prm")  # doctest: +SKIP
+    >>> score_steps(  # doctest: +SKIP
+    ...     model, processor, [{"image": "fig.png", "question": "2+2?", "steps": ["2+2=4.", "So 4."]}]
+    ... )
     [[0.93, 0.88]]
+
     ```
     """
     scorer = StepScorer(model, processor, batch_size, max_batch_tokens, max_images, padding_side, num_workers)
@@ -381,6 +390,7 @@ def aggregate_scores(step_scores: Sequence[float], method: str = "mean") -> floa
     ```python
     >>> aggregate_scores([0.9, 0.5, 0.8], "min")
     0.5
+
     ```
     """
     if method not in AGGREGATIONS:
@@ -399,6 +409,7 @@ def aggregate_many(step_scores: Sequence[Sequence[float]], method: str = "mean")
     ```python
     >>> aggregate_many([[0.5, 1.0], [0.2]], "prod")
     tensor([0.5000, 0.2000], dtype=torch.float64)
+
     ```
     """
     if method not in AGGREGATIONS:

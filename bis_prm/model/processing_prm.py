@@ -44,8 +44,10 @@ def is_text_processor(processor) -> bool:
     Example:
 
     ```python
-    >>> is_text_processor(AutoTokenizer.from_pretrained("Qwen/Qwen2.5-Math-7B-Instruct"))
+    >>> from bis_prm.testing import tiny_tokenizer
+    >>> is_text_processor(tiny_tokenizer("qwen2"))  # a text LM's tokenizer
     True
+
     ```
     """
     return not hasattr(processor, "image_processor")
@@ -59,8 +61,10 @@ def chat_text(processor, prompt: str, num_images: int = 0) -> str:
     Example:
 
     ```python
-    >>> chat_text(tokenizer, "Question: 1 + 1?")
+    >>> from bis_prm.testing import tiny_tokenizer
+    >>> chat_text(tiny_tokenizer("qwen2"), "Question: 1 + 1?")
     '<|im_start|>user\\nQuestion: 1 + 1?<|im_end|>\\n'
+
     ```
     """
     if getattr(processor, "chat_template", None) is None:
@@ -82,8 +86,9 @@ def adds_special_tokens(processor) -> bool:
     Example:
 
     ```python
-    >>> adds_special_tokens(processor)  # a VLM's processor: its chat template
+    >>> adds_special_tokens(processor)  # a VLM's processor: its chat template  # doctest: +SKIP
     False
+
     ```
     """
     return is_text_processor(processor) and getattr(processor, "chat_template", None) is None
@@ -103,6 +108,7 @@ def load_image(image: str | os.PathLike | Image.Image, max_pixels: int = MAX_IMA
     ```python
     >>> load_image(Image.new("L", (4, 4))).mode
     'RGB'
+
     ```
     """
     if isinstance(image, Image.Image):
@@ -123,6 +129,7 @@ def tile_images(images: Sequence[Image.Image], max_cols: int = 3) -> Image.Image
     >>> grid = tile_images([Image.new("RGB", (10, 20)), Image.new("RGB", (30, 10))] * 2, max_cols=3)
     >>> grid.size
     (90, 40)
+
     ```
     """
     if not images:
@@ -148,6 +155,7 @@ def tiled_size(sizes: Sequence[tuple[int, int]], max_cols: int = 3) -> tuple[int
     ```python
     >>> tiled_size([(10, 20), (30, 10), (10, 20), (30, 10)])
     (90, 40)
+
     ```
     """
     cols = min(max_cols, len(sizes))
@@ -203,10 +211,13 @@ class PRMCollator:
     Example:
 
     ```python
-    >>> collator = PRMCollator(processor)
-    >>> batch = collator([{"image": "cat.png", "question": "Is it a cat?", "steps": ["Yes."], "labels": [1.0]}])
-    >>> batch["labels"].shape == batch["input_ids"].shape
+    >>> collator = PRMCollator(processor)  # doctest: +SKIP
+    >>> batch = collator(  # doctest: +SKIP
+    ...     [{"image": "cat.png", "question": "Is it a cat?", "steps": ["Yes."], "labels": [1.0]}]
+    ... )
+    >>> batch["labels"].shape == batch["input_ids"].shape  # doctest: +SKIP
     True
+
     ```
     """
 
@@ -272,9 +283,10 @@ class PRMCollator:
         Example:
 
         ```python
-        >>> batch, kept, failures = collator.collate_skipping([good, {"question": "q", "steps": []}])
-        >>> kept, failures[0][:2]
+        >>> batch, kept, failures = collator.collate_skipping([good, {"question": "q", "steps": []}])  # doctest: +SKIP
+        >>> kept, failures[0][:2]  # doctest: +SKIP
         ([0], (1, 'no_steps'))
+
         ```
         """
         labelled = self._has_labels(examples)
@@ -424,9 +436,10 @@ def apply_image_limits(processor, max_pixels: int | None, max_tiles: int | None)
     Example:
 
     ```python
-    >>> apply_image_limits(processor, max_pixels=1003520, max_tiles=None)
-    >>> processor.image_processor.size["longest_edge"]
+    >>> apply_image_limits(processor, max_pixels=1003520, max_tiles=None)  # doctest: +SKIP
+    >>> processor.image_processor.size["longest_edge"]  # doctest: +SKIP
     1003520
+
     ```
     """
     image_processor = getattr(processor, "image_processor", None)
@@ -454,8 +467,13 @@ def step_token_id(tokenizer, step_token: str) -> int:
     Example:
 
     ```python
-    >>> step_token_id(processor.tokenizer, "<prm>")
+    >>> from bis_prm.testing import tiny_tokenizer
+    >>> tokenizer = tiny_tokenizer(vocab_size=600)
+    >>> tokenizer.add_tokens(["<prm>"], special_tokens=True)
+    1
+    >>> step_token_id(tokenizer, "<prm>")
     600
+
     ```
     """
     ids = tokenizer.convert_tokens_to_ids([step_token])

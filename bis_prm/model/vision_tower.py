@@ -30,6 +30,7 @@ def is_vision_tower_parameter(name: str) -> bool:
     True
     >>> is_vision_tower_parameter("model.visual.merger.mlp.0.weight")  # the projector
     False
+
     ```
     """
     parts = name.split(".")
@@ -45,6 +46,7 @@ def has_vision_tower(model: nn.Module) -> bool:
     ```python
     >>> has_vision_tower(nn.Linear(2, 2))
     False
+
     ```
     """
     return any(part in VISION_TOWER_NAMES for name, _ in model.named_modules() for part in name.split("."))
@@ -62,6 +64,7 @@ def freeze_vision_tower(model: nn.Module) -> int:
     Traceback (most recent call last):
     ...
     ValueError: Found no vision encoder (a submodule named 'visual', 'vision_tower', 'vision_model') in Linear.
+
     ```
     """
     frozen = 0

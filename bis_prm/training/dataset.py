@@ -144,10 +144,13 @@ def check_columns(dataset: Dataset, args: PRMConfig, name: str = "train", hard_l
     Example:
 
     ```python
+    >>> from datasets import Dataset
+    >>> from bis_prm import PRMConfig
     >>> check_columns(Dataset.from_dict({"question": ["q"]}), PRMConfig("out"))
     Traceback (most recent call last):
     ...
     bis_prm.training.dataset.PRMDatasetError: The train dataset is missing the required column(s) ...
+
     ```
     """
     targets = args.dataset_mc_scores_field if args.label_mode == "soft" and not hard_labels else None
@@ -190,9 +193,13 @@ def prepare_prm_dataset(
     Example:
 
     ```python
+    >>> from datasets import Dataset
+    >>> from bis_prm import PRMConfig
+    >>> dataset = Dataset.from_dict({"question": ["q", "q"], "steps": [["a"], []], "labels": [[1.0], []]})
     >>> train, check = prepare_prm_dataset(dataset, PRMConfig("out"))
     >>> check.counts()
-    {'image_unreadable': 1}
+    {'no_steps': 1}
+
     ```
     """
     check_columns(dataset, args, name, hard_labels)

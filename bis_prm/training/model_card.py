@@ -52,8 +52,11 @@ def write_model_card(output_dir: str | os.PathLike, facts: dict[str, Any]) -> Pa
     Example:
 
     ```python
-    >>> write_model_card("my-prm", {"model_id": "my-prm", "base_model": "Qwen/Qwen2.5-VL-7B-Instruct", ...})
+    >>> write_model_card(  # doctest: +SKIP
+    ...     "my-prm", {"model_id": "my-prm", "base_model": "Qwen/Qwen2.5-VL-7B-Instruct", ...}
+    ... )
     PosixPath('my-prm/README.md')
+
     ```
     """
     output_dir = Path(output_dir)
@@ -99,8 +102,9 @@ def update_model_card(output_dir: str | os.PathLike, **updates: Any) -> Path:
     Example:
 
     ```python
-    >>> update_model_card("my-prm", visualprocessbench=json.load(open("eval/metrics.json")))
+    >>> update_model_card("my-prm", visualprocessbench=json.load(open("eval/metrics.json")))  # doctest: +SKIP
     PosixPath('my-prm/README.md')
+
     ```
     """
     facts_file = Path(output_dir) / CARD_FACTS

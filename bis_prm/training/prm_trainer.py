@@ -76,6 +76,7 @@ def positive_probabilities(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     >>> logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 0.0]]])
     >>> positive_probabilities(logits, torch.tensor([[-100.0, 1.0, 0.0]])).round(decimals=3)
     tensor([[-100.0000,    0.8810,    0.5000]])
+
     ```
     """
     if isinstance(logits, tuple):  # models may return extra outputs after the logits
@@ -98,6 +99,7 @@ def compute_step_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     >>> labels = np.array([[-100, 1.0, -100, 0.0, -100], [1.0, 0.0, 0.0, -100, -100]])
     >>> {k: round(v, 3) for k, v in compute_step_metrics(EvalPrediction(preds, labels)).items()}
     {'step_accuracy': 0.8, 'f1_positive': 0.8, 'f1_negative': 0.8}
+
     ```
     """
     predictions, labels = eval_pred.predictions, eval_pred.label_ids
@@ -130,10 +132,11 @@ class SkippingCollator:
     Example:
 
     ```python
-    >>> collator = SkippingCollator(PRMCollator(processor), fallback=train_dataset[0])
-    >>> batch = collator([good_row, row_with_a_corrupt_image])
-    >>> batch["skipped"]
+    >>> collator = SkippingCollator(PRMCollator(processor), fallback=train_dataset[0])  # doctest: +SKIP
+    >>> batch = collator([good_row, row_with_a_corrupt_image])  # doctest: +SKIP
+    >>> batch["skipped"]  # doctest: +SKIP
     [(17, 'image_unreadable', "image '.../corrupt.png' cannot be read: ...")]
+
     ```
     """
 
@@ -197,6 +200,7 @@ class PRMTrainer(_BaseTrainer):
     >>> args = PRMConfig("out")
     >>> trainer = PRMTrainer(model, args, train_dataset=dataset, processing_class=processor)  # doctest: +SKIP
     >>> trainer.train()  # doctest: +SKIP
+
     ```
     """
 

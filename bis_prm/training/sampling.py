@@ -28,6 +28,7 @@ class PackedBatchRebalanceSampler(BatchRebalanceSampler):
     >>> sampler = PackedBatchRebalanceSampler(lengths, effective_batch_size=4, dp_size=2, grad_accum=1, shuffle=False)
     >>> [[lengths[i] for i in micro_batch] for micro_batch in sampler]  # rank 0's micro-batch: 1,000 tokens
     [[900, 100]]
+
     ```
     """
 

@@ -138,6 +138,7 @@ def load_prm_datasets(
 
     ```python
     >>> train, eval_, report = load_prm_datasets(ScriptArguments("subset.jsonl", eval_ratio=0.1))  # doctest: +SKIP
+
     ```
     """
     name = script_args.dataset_name
@@ -200,6 +201,7 @@ def main(script_args: ScriptArguments, training_args: PRMConfig, model_args: Mod
     >>> from trl import TrlParser
     >>> parser = TrlParser((ScriptArguments, PRMConfig, ModelConfig))
     >>> main(*parser.parse_args_and_config(["--config", "recipes/tiny/config_sample.yaml"]))  # doctest: +SKIP
+
     ```
     """
     _setup_logging(training_args)
@@ -269,7 +271,10 @@ def parse_recipe(
     Example:
 
     ```python
-    >>> script_args, training_args, model_args = parse_recipe(["--config", "recipe.yaml", "--max_steps", "10"])
+    >>> script_args, training_args, model_args = parse_recipe(  # doctest: +SKIP
+    ...     ["--config", "recipe.yaml", "--max_steps", "10"]
+    ... )
+
     ```
     """
     argv = list(sys.argv[1:] if argv is None else argv)

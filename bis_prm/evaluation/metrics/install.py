@@ -69,6 +69,7 @@ def install_metric(cache_dir: str | os.PathLike | None = None) -> str:
     >>> path = install_metric()
     >>> import evaluate
     >>> metric = evaluate.load("visualprocessbench")  # works offline
+
     ```
     """
     source = _script_path().read_text(encoding="utf-8")
