@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bis_prm.evaluation.jsonl import UTF8_BOM, SkippedRows, iter_jsonl
+from bis_prm.evaluation.jsonl import UTF8_BOM, SkippedRows, encodes_as_utf8, iter_jsonl
 
 from .arrow_utils import arrow_columns, list_array, list_parts
 from .prompt import PROCESS_PREFIX, QUESTION_PREFIX, ExampleError, prompt_column
@@ -221,15 +221,6 @@ def parse_prompt(text: str, step_token: str = STEP_TOKEN) -> tuple[str, list[str
     return question.strip(), steps
 
 
-def _storable(text: str) -> bool:
-    """Whether `text` can be stored as UTF-8 (JSON lets a line hold a lone surrogate escape such as `\\ud83d`)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _target(value: Any) -> float | None:
     """A gpt value item as a float in [0, 1], or None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -258,7 +249,7 @@ def _fields(record: Any) -> tuple[dict | None, tuple[str, str] | None]:
     images = [image] if isinstance(image, str) else image
     if not (isinstance(images, list) and images and all(isinstance(path, str) and path for path in images)):
         return None, ("missing_image", f"`image` must be a path or a non-empty list of paths, got {image!r:.80}")
-    if not all(_storable(text) for text in (prompt, *images)):
+    if not all(encodes_as_utf8(text) for text in (prompt, *images)):
         return None, ("invalid_text", "a text holds a lone surrogate escape")
     try:
         question, steps = parse_prompt(prompt)

@@ -42,6 +42,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 from tqdm.auto import tqdm
 
+from bis_prm.evaluation.jsonl import encodes_as_utf8
+
 from .arrow_utils import list_array, list_parts, per_row_sum
 from .images import paths_outside_root
 
@@ -154,11 +156,7 @@ def _as_score(value: object) -> float:
 def _clean_text(value: object) -> str | None:
     """`value` as text for a text field, or None when it cannot be stored (a lone surrogate, a control character)."""
     text = "" if value is None else value if isinstance(value, str) else str(value)
-    if _CONTROL_CHARACTERS.search(text):
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if _CONTROL_CHARACTERS.search(text) or not encodes_as_utf8(text):
         return None
     return text
 

@@ -8,9 +8,29 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SkippedRows", "iter_jsonl"]
+__all__ = ["SkippedRows", "encodes_as_utf8", "iter_jsonl"]
 
 UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def encodes_as_utf8(text: str) -> bool:
+    """
+    Whether `text` can be written as UTF-8: JSON lets a line hold a lone surrogate escape such as `\\ud83d`, which
+    decodes to a `str` that no UTF-8 file, Arrow column or tokenizer accepts.
+
+    Example:
+
+    ```python
+    >>> encodes_as_utf8("ok"), encodes_as_utf8(json.loads('"\\ud83d"'))
+    (True, False)
+
+    ```
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass

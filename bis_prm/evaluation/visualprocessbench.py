@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bis_prm.data.images import MAX_IMAGE_PIXELS, ImageProblem, read_image_size, resolve_image
-from bis_prm.evaluation.jsonl import SkippedRows, iter_jsonl
+from bis_prm.evaluation.jsonl import SkippedRows, encodes_as_utf8, iter_jsonl
 
 __all__ = [
     "PAPER_SOURCES",
@@ -129,14 +129,6 @@ def _resolve(dir_or_repo_id: str | os.PathLike, split: str) -> Path:
     return jsonl
 
 
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _fields(record: object, step_token: str | None) -> tuple[dict | None, tuple[str, str] | None]:
     """The row's fields, or `(None, (reason, message))` when it cannot be scored (the image files are not opened)."""
     if not isinstance(record, dict):
@@ -173,7 +165,7 @@ def _fields(record: object, step_token: str | None) -> tuple[dict | None, tuple[
         return None, ("bad_label", f"labels must be 1, 0 or -1, got {labels}")
     texts = [("question", record["question"]), *((f"step {i + 1}", step) for i, step in enumerate(steps))]
     for name, text in texts:
-        if not _encodable(text):
+        if not encodes_as_utf8(text):
             return None, ("invalid_text", f"the {name} is not valid Unicode (a lone surrogate)")
     if step_token:
         for name, text in texts:
