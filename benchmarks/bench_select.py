@@ -4,8 +4,8 @@ Both run as fresh processes (imports included, no `datasets` cache) on the same 
 the script prints wall time, peak RSS and throughput of each, the time ratio, and checks that both wrote the same
 bytes. Target: `bis-prm select` at most half the baseline's time, under 2 GB peak RSS.
 
-    python benchmarks/bench_select.py --corpus /tmp/bench_corpus            # 38 sources x 10527 = 400k rollouts
-    python benchmarks/bench_select.py --corpus /tmp/small --rollouts 500    # quick check
+    python -m benchmarks.bench_select --corpus /tmp/bench_corpus            # 38 sources x 10527 = 400k rollouts
+    python -m benchmarks.bench_select --corpus /tmp/small --rollouts 500    # quick check
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from bis_prm.testing import make_corpus
+from benchmarks.bench_select_streaming import GENERATE
 
 # the test oracle, run as its own process: the baseline
 REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "oracles" / "reference_selection.py"
@@ -49,7 +49,9 @@ def main() -> None:
     annotations = args.corpus / "annotations"
     if not annotations.is_dir():
         print(f"generating {args.sources} x {args.rollouts} rollouts in {args.corpus} ...", flush=True)
-        make_corpus(args.corpus, args.sources, args.rollouts)
+        # in a child process, so that this one stays small: see GENERATE
+        generate = [sys.executable, "-c", GENERATE, str(args.corpus), str(args.sources), str(args.rollouts)]
+        subprocess.run(generate, check=True)
     files = sorted(annotations.glob("*.jsonl"))
     size = sum(path.stat().st_size for path in files)
     rollouts = sum(path.read_bytes().count(b"\n") for path in files)  # also warms the page cache for both
