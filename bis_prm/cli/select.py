@@ -110,7 +110,9 @@ def add_parser(subparsers, name: str, help: str) -> None:
         "--tau", type=_tau, default=0.0, help="Positive step when score > tau, in [0, 1) (default: 0)."
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random baseline (default: 0).")
-    parser.add_argument("--num-proc", type=positive_int, default=None, help="Annotation files read at once.")
+    parser.add_argument(
+        "--num-proc", type=positive_int, default=None, help="Files read at once (default: the number of CPUs)."
+    )
     parser.add_argument(
         "--output", required=True, help="Output .jsonl or .parquet file, or a directory (datasets save_to_disk)."
     )

@@ -630,7 +630,8 @@ def read_annotations(
         annotations_dir (`str` or `os.PathLike`):
             Directory holding the `<source>.jsonl` files.
         num_proc (`int`, *optional*):
-            Number of files read at once (threads); results are kept in sorted file order.
+            Number of files read at once (threads; defaults to the number of CPUs); results are kept in sorted file
+            order.
         progress (`bool`, *optional*, defaults to `True`):
             Show a progress bar over files.
         image_root (`str` or `os.PathLike`, *optional*):
@@ -647,7 +648,9 @@ def read_annotations(
     files = find_annotation_files(annotations_dir)
     bar = dict(total=len(files), desc="Reading annotations", unit="file", disable=not progress)
     read = functools.partial(read_annotation_file, image_root=image_root)
-    if num_proc is None or num_proc <= 1 or len(files) == 1:
+    # Arrow parses each file on all cores already; a second file in flight overlaps the checks done in Python
+    num_proc = num_proc or os.cpu_count() or 1
+    if num_proc <= 1 or len(files) == 1:
         tables = [read(path) for path in tqdm(files, **bar)]
     else:
         # threads: Arrow's C++ reader, which does most of the work, releases the GIL
@@ -670,7 +673,7 @@ def load_visualprm400k(
             A local corpus root, a directory of `*.jsonl` files, a local zip, or a Hub dataset repo id (see
             [`resolve_visualprm400k`]).
         num_proc (`int`, *optional*):
-            Number of processes reading files in parallel.
+            Number of files read in parallel (threads; defaults to the number of CPUs).
         revision (`str`, *optional*):
             Hub revision when `path_or_repo` is a repo id.
         cache_dir (`str` or `os.PathLike`, *optional*):
