@@ -6,8 +6,10 @@ Sizes come from the file header: nothing is decoded, so checking every image of 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -121,10 +123,33 @@ def paths_outside_root(paths: pa.Array, root: str | os.PathLike | None) -> np.nd
     return outside
 
 
-def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS, decode: bool = True) -> Image.Image:
+@contextlib.contextmanager
+def _checked(path: str | os.PathLike, max_pixels: int) -> Iterator[Image.Image]:
+    """The image at `path`, opened lazily once its header says it is not too large; any failure, in the header or
+    while the caller decodes it, becomes an [`ImageProblem`]."""
+    if not os.path.isfile(path):
+        raise ImageProblem("missing_image", f"image {str(path)!r} not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageProblem(
+                        "image_too_large", f"image {str(path)!r} has {width}x{height} pixels, more than {max_pixels}"
+                    )
+                yield image
+    except ImageProblem:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageProblem("image_too_large", f"image {str(path)!r}: {error}") from None
+    except Exception as error:  # PIL raises many types for hostile files (OSError, SyntaxError, struct.error, ...)
+        raise ImageProblem("image_unreadable", f"image {str(path)!r} cannot be read: {error}") from None
+
+
+def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """
-    Open an image file, checking its size in the header before any pixel is decoded; with `decode`, the decoded RGB
-    image, otherwise the unloaded image (its `size` is read, nothing else).
+    Decode an image file as RGB, after checking its size in the header.
 
     Raises:
         [`ImageProblem`]: `missing_image` (no such file), `image_unreadable` (empty, corrupt or not an image) or
@@ -138,24 +163,8 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS, deco
 
     ```
     """
-    if not os.path.isfile(path):
-        raise ImageProblem("missing_image", f"image {str(path)!r} not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageProblem(
-                        "image_too_large", f"image {str(path)!r} has {width}x{height} pixels, more than {max_pixels}"
-                    )
-                return image.convert("RGB") if decode else image
-    except ImageProblem:
-        raise
-    except Image.DecompressionBombError as error:
-        raise ImageProblem("image_too_large", f"image {str(path)!r}: {error}") from None
-    except Exception as error:  # PIL raises many types for hostile files (OSError, SyntaxError, struct.error, ...)
-        raise ImageProblem("image_unreadable", f"image {str(path)!r} cannot be read: {error}") from None
+    with _checked(path, max_pixels) as image:
+        return image.convert("RGB")
 
 
 def read_image_size(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
@@ -173,4 +182,5 @@ def read_image_size(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS)
 
     ```
     """
-    return open_image(path, max_pixels, decode=False).size
+    with _checked(path, max_pixels) as image:
+        return image.size
