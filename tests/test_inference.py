@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -37,8 +38,27 @@ def test_score_steps_matches_logits_and_restores_mode(prm):
     batch = PRMCollator(processor)(rollouts()[:1])
     with torch.no_grad():
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
-    expected = logits[batch["input_ids"][0] == model.config.step_token_id].softmax(-1)[:, 0]
+    expected = logits[batch["input_ids"][0] == model.config.step_token_id].softmax(-1)[:, 1]  # index 1 = correct
     assert scores[0] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_a_checkpoint_saved_with_the_class_order_of_0_2_scores_as_before(prm, tmp_path):
+    # 0.2.0.dev0 saved row 0 = positive ({"positive": 0, "negative": 1}); 0.2 saves [negative, positive]
+    model, processor = prm
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    old = tmp_path / "old"
+    model.save_pretrained(old)
+    processor.save_pretrained(old)
+    config = json.loads((old / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "positive", "1": "negative"}, {"positive": 0, "negative": 1}
+    (old / "config.json").write_text(json.dumps(config))
+    legacy, _ = load_prm(old)
+    with torch.no_grad():
+        legacy.score.weight.copy_(model.score.weight.flip(0))
+        legacy.score.bias.copy_(model.score.bias.flip(0))
+    expected = score_steps(model, processor, rollouts())
+    assert score_steps(legacy, processor, rollouts()) == pytest.approx(expected, abs=1e-6)
+    assert expected != pytest.approx([[1 - s for s in row] for row in expected], abs=1e-3)
 
 
 def test_score_steps_names_the_bad_rollout(prm):

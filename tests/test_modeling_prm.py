@@ -77,7 +77,7 @@ def test_yes_no_head_equals_restricted_lm_logits(arch, tmp_path_factory):
     yes, no = (processor.tokenizer.convert_tokens_to_ids(token) for token in ("Yes", "No"))
     prm = step_logits(model, batch, step_id)
     for row in range(len(prm)):
-        expected = lm_logits[row][batch["input_ids"][row] == step_id][:, [yes, no]]
+        expected = lm_logits[row][batch["input_ids"][row] == step_id][:, [no, yes]]  # [negative, positive]
         torch.testing.assert_close(prm[row], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -156,7 +156,7 @@ def test_loss_uses_exactly_the_step_positions(qwen_prm):
     for row, example in enumerate(examples):
         log_probs = F.log_softmax(output.logits[row][batch["input_ids"][row] == step_id], dim=-1)
         target = torch.tensor(example["labels"])
-        terms.append(-(target * log_probs[:, 0] + (1 - target) * log_probs[:, 1]))
+        terms.append(-(target * log_probs[:, 1] + (1 - target) * log_probs[:, 0]))  # index 1 = correct
     terms = torch.cat(terms).detach()
     torch.testing.assert_close(loss.detach(), terms.mean())
     n = len(terms)
@@ -171,7 +171,7 @@ def test_loss_uses_exactly_the_step_positions(qwen_prm):
     step_positions = (batch["input_ids"][1] == step_id).nonzero().squeeze(1).tolist()
     assert changed == [[1, step_positions[2]]]
     log_probs = F.log_softmax(output.logits[1, step_positions[2]].detach(), dim=-1)
-    term_delta = -(0.0 * log_probs[0] + 1.0 * log_probs[1]) - terms[2 + 2]  # rollout 0 has 2 steps
+    term_delta = -(0.0 * log_probs[1] + 1.0 * log_probs[0]) - terms[2 + 2]  # rollout 0 has 2 steps
     with torch.no_grad():
         new_loss = prm_loss(model(**model_inputs(new_batch)).logits, new_batch["labels"])
     torch.testing.assert_close(new_loss * n - loss.detach() * n, term_delta, rtol=1e-4, atol=1e-5)

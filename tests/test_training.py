@@ -85,7 +85,7 @@ def test_main_trains_saves_and_writes_the_model_card(assets, tmp_path):
     card = (out / "README.md").read_text()
     assert "method `bis`, ratio `1.0`, alpha\n  `0.05`" in card and "Kept 12 of 12 rollouts" in card
     assert f"| eval_step_accuracy | {metrics['eval_step_accuracy']:.4f} |" in card
-    assert "| head | linear |" in card and "arXiv 2602.11111" not in card  # the citation is BibTeX
+    assert "| head | linear |" in card and "arXiv 2602.04145" not in card  # the citation is BibTeX
     assert json.loads((out / "eval_results.json").read_text())["eval_loss"] == pytest.approx(metrics["eval_loss"])
     model, processor = load_prm(out)
     assert model.config.prm_head == "linear"

@@ -26,7 +26,7 @@ embedded, `image` holds paths relative to the corpus root: train with `image_roo
 | tau | {tau} |
 | seed | {seed} |
 
-Balanced-Information Score (https://huggingface.co/papers/2602.11111): `BIS = (p_pos * (1 - p_pos) + alpha) * R`,
+Balanced-Information Score (https://huggingface.co/papers/2602.04145): `BIS = (p_pos * (1 - p_pos) + alpha) * R`,
 with `p_pos` the share of positive steps and `R` the mean MC score of the positive steps (1.0 when none). Each
 source keeps its top `max(1, int(m * ratio))` valid rollouts (ties in file order), in original order.
 

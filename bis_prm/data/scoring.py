@@ -2,7 +2,7 @@
 
 For a rollout with step MC scores `s_1..s_n`: hard labels `y_j = 1 if s_j > tau else 0`, `p_pos` the share of
 positive steps, `R` (reliability) the mean MC score of the positive steps (1.0 when there are none) and
-`BIS = (p_pos * (1 - p_pos) + alpha) * R` (https://huggingface.co/papers/2602.11111).
+`BIS = (p_pos * (1 - p_pos) + alpha) * R` (https://huggingface.co/papers/2602.04145).
 """
 
 from __future__ import annotations

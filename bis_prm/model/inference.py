@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from bis_prm.data.images import ImageProblem, read_image_size
+from bis_prm.model.modeling_prm import positive_index
 from bis_prm.model.processing_prm import (
     ExampleError,
     PRMCollator,
@@ -254,6 +255,7 @@ class StepScorer:
         )
         self.max_batch_size, self.max_batch_tokens = max_batch_size, max_batch_tokens
         self.max_images, self.num_workers = max_images, num_workers
+        self.positive_index = positive_index(model.config)
         self.stats = ScoringStats()
 
     def lengths(self, examples: Sequence[dict[str, Any]]) -> list[int]:
@@ -299,6 +301,17 @@ class StepScorer:
         finally:
             self.model.train(was_training)
 
+    def score_rows(self, examples: Sequence[dict[str, Any]]) -> list[list[float] | ExampleError]:
+        """
+        Score rollouts in this scorer's token-budget batches: per rollout, in input order, its step scores or the
+        [`~bis_prm.model.processing_prm.ExampleError`] that kept it from being scored (one bad rollout never stops
+        the others). The in-process backend of the RL rewards and of `bis-prm serve`.
+        """
+        results: list[list[float] | ExampleError] = [None] * len(examples)  # type: ignore[list-item]
+        for row, scores, failure in self.iter_scores(examples, self.plan(examples)):
+            results[row] = scores if failure is None else ExampleError(failure[0], failure[1])
+        return results
+
     def _forward(self, batch: dict[str, torch.Tensor]) -> list[list[float]]:
         batch.pop("num_steps")
         model = self.model
@@ -309,7 +322,7 @@ class StepScorer:
         self.stats.real_tokens += int(inputs["attention_mask"].sum())
         self.stats.computed_tokens += inputs["input_ids"].numel()
         self.stats.batches += 1
-        probs = model(**inputs).logits.float().softmax(dim=-1)[..., 0]
+        probs = model(**inputs).logits.float().softmax(dim=-1)[..., self.positive_index]
         is_step = inputs["input_ids"] == self.collator.step_token_id
         return [probs[row][is_step[row]].tolist() for row in range(len(probs))]
 

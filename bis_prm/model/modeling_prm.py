@@ -1,8 +1,8 @@
 """Step-level process reward models: a backbone's base model plus a 2-row linear head `score` at the step tokens.
 
 A PRM is transformers' own token-classification pattern, `<Arch>ForTokenClassification(GenericForTokenClassification,
-<Arch>PreTrainedModel)`: the base model under `model` and a head `score` (row 0: positive / "Yes", row 1: negative /
-"No") on the last hidden state. Text LMs have such classes in transformers already (`Qwen2ForTokenClassification`,
+<Arch>PreTrainedModel)`: the base model under `model` and a head `score` (row 0: negative / "No", row 1: positive /
+"Yes", the class order of TRL-trained PRMs and Qwen2.5-Math-PRM) on the last hidden state. Text LMs have such classes in transformers already (`Qwen2ForTokenClassification`,
 `LlamaForTokenClassification`, ...); this module adds them for the vision-language backbones and registers them with
 `AutoModelForTokenClassification`, so every PRM loads with transformers' own `from_pretrained`. Only the positions of
 the step token (`<prm>`) are trained and read, with [`prm_loss`] (the trainer's loss).
@@ -57,6 +57,7 @@ __all__ = [
     "prm_class_for",
     "prm_config",
     "prm_lora_config",
+    "positive_index",
     "prm_loss",
     "yes_no_token_ids",
 ]
@@ -64,7 +65,9 @@ __all__ = [
 logger = transformers_logging.get_logger(__name__)
 
 PRM_HEADS = ("yes_no", "linear")
-ID2LABEL = {0: "positive", 1: "negative"}
+# The ecosystem's order (TRL-trained PRMs, Qwen2.5-Math-PRM: `[negative, positive]`), so that scripts written for
+# those read ours unchanged. PRMs saved by 0.2.0.dev0 have the opposite order in their config; see `positive_index`.
+ID2LABEL = {0: "negative", 1: "positive"}
 # Hub/cache arguments that must reach the config, processor and checkpoint-file loaders too, not only the model's.
 _HUB_KWARGS = (
     "cache_dir",
@@ -77,20 +80,50 @@ _HUB_KWARGS = (
 )
 
 
+def positive_index(config) -> int:
+    """
+    The class index of "correct step" in a PRM's logits, read from its config's `label2id`: 1 for PRMs saved by
+    bis_prm since 0.2 and for the ecosystem's PRMs (`[negative, positive]`), 0 for PRMs saved by 0.2.0.dev0 (their
+    config says `{"positive": 0, "negative": 1}`). A config that names no `positive` label (TRL's `LABEL_0` /
+    `LABEL_1`) is read in the ecosystem's order.
+
+    Example:
+
+    ```python
+    >>> from transformers import PretrainedConfig
+    >>> positive_index(PretrainedConfig(label2id={"negative": 0, "positive": 1}))
+    1
+    >>> positive_index(PretrainedConfig(label2id={"positive": 0, "negative": 1}))  # a 0.2.0.dev0 checkpoint
+    0
+    >>> positive_index(PretrainedConfig(num_labels=2))  # LABEL_0 / LABEL_1
+    1
+
+    ```
+    """
+    label2id = {str(label).lower(): int(index) for label, index in (getattr(config, "label2id", None) or {}).items()}
+    return label2id.get("positive", 1)
+
+
 def prm_loss(
-    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    positive_index: int = 1,
 ) -> torch.Tensor:
     """
-    Cross entropy of the 2-way step logits against the targets `[y, 1 - y]` over the labelled positions.
+    Cross entropy of the 2-way step logits against the targets P(positive) = y, P(negative) = 1 - y over the labelled
+    positions.
 
     Args:
         logits (`torch.Tensor` of shape `[batch, seq, 2]`):
-            Positive/negative logits at every position.
+            Negative/positive logits at every position (in the order `positive_index` says).
         labels (`torch.Tensor` of shape `[batch, seq]`):
             Target P(positive) in [0, 1] (hard 0/1 or soft) at step-token positions, `-100` elsewhere.
         num_items_in_batch (`int` or `torch.Tensor`, *optional*):
             Number of labelled positions in the whole accumulated batch (set by the `Trainer` under gradient
             accumulation): the loss is then the sum over positions divided by it, else the mean over positions.
+        positive_index (`int`, *optional*, defaults to `1`):
+            The class index of a correct step (see [`positive_index`]).
 
     Example:
 
@@ -104,7 +137,7 @@ def prm_loss(
     mask = labels != -100
     log_probs = F.log_softmax(logits[mask].float(), dim=-1)
     targets = labels[mask].float()
-    losses = -(targets * log_probs[:, 0] + (1.0 - targets) * log_probs[:, 1])
+    losses = -(targets * log_probs[:, positive_index] + (1.0 - targets) * log_probs[:, 1 - positive_index])
     if num_items_in_batch is not None:
         return losses.sum() / num_items_in_batch
     return losses.sum() / mask.sum().clamp(min=1)
@@ -380,7 +413,7 @@ def load_prm(
     head = head or "yes_no"
     if head not in PRM_HEADS:
         raise ValueError(f"head must be one of {PRM_HEADS}, got {head!r}.")
-    yes_no_ids = yes_no_token_ids(tokenizer) if head == "yes_no" else None
+    yes_no_ids = yes_no_token_ids(tokenizer) if head == "yes_no" else None  # (Yes, No)
     step_id = add_step_token(tokenizer, step_token)
     new_config = prm_config(config, head, step_token, step_id)
     model = _from_base(prm_class_for(config), name_or_path, new_config, from_pretrained_kwargs)
@@ -390,7 +423,8 @@ def load_prm(
     embeddings = model.get_input_embeddings().weight
     with torch.no_grad(), _writable(model.score.weight, model.score.bias, embeddings):
         if yes_no_ids is not None:
-            rows = _checkpoint_rows(name_or_path, yes_no_ids, **hub_kwargs)
+            yes_id, no_id = yes_no_ids
+            rows = _checkpoint_rows(name_or_path, (no_id, yes_id), **hub_kwargs)  # the order of ID2LABEL
             model.score.weight.copy_(rows.to(model.score.weight.dtype))
         model.score.bias.zero_()
         # A deterministic start for the step token (also when it reuses a padding row of the vocabulary)

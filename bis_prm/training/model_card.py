@@ -22,7 +22,7 @@ CARD_FACTS = "bis_prm_card.json"
 CITATION = """\
 @article{bis_prm_2026,
   title   = {{Training Data Efficiency in Multimodal Process Reward Models}},
-  journal = {arXiv preprint arXiv:2602.11111},
+  journal = {arXiv preprint arXiv:2602.04145},
   year    = {2026}
 }"""
 TAGS = ("trl", "prm", "bis-prm")

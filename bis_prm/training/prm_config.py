@@ -18,7 +18,7 @@ class PRMConfig(_BaseConfig):
 
     This class includes only the parameters that are specific to process-reward-model training. For the full list of
     training arguments, see [`~transformers.TrainingArguments`]. The defaults follow the training recipe of the BIS
-    paper ([Training Data Efficiency in Multimodal Process Reward Models](https://huggingface.co/papers/2602.11111)),
+    paper ([Training Data Efficiency in Multimodal Process Reward Models](https://huggingface.co/papers/2602.04145)),
     itself the VisualPRM recipe.
 
     Using [`~transformers.HfArgumentParser`] (or TRL's `TrlParser`) this class turns into command-line arguments.

@@ -32,6 +32,7 @@ batch is an error, so that a wholly broken dataset is not trained on silently.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from trl.trainer.base_trainer import _BaseTrainer
 
 from bis_prm.data.stepwise import from_trl_stepwise, is_trl_stepwise
 from bis_prm.model.inference import rollout_token_counts
-from bis_prm.model.modeling_prm import load_prm, prm_loss
+from bis_prm.model.modeling_prm import load_prm, positive_index, prm_loss
 from bis_prm.model.processing_prm import PRMCollator, apply_image_limits
 from bis_prm.model.vision_tower import freeze_vision_tower, has_vision_tower
 from bis_prm.training.dataset import DatasetCheck, PRMDatasetError, check_columns, prepare_prm_dataset
@@ -63,7 +64,7 @@ if is_peft_available():
 logger = get_logger(__name__)
 
 
-def positive_probabilities(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def positive_probabilities(logits: torch.Tensor, labels: torch.Tensor, positive_index: int = 1) -> torch.Tensor:
     """
     Reduce `[B, T, 2]` logits to P(positive) at the labelled positions, -100 elsewhere (`[B, T]`).
 
@@ -73,7 +74,7 @@ def positive_probabilities(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     Example:
 
     ```python
-    >>> logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 0.0]]])
+    >>> logits = torch.tensor([[[0.0, 0.0], [0.0, 2.0], [0.0, 0.0]]])
     >>> positive_probabilities(logits, torch.tensor([[-100.0, 1.0, 0.0]])).round(decimals=3)
     tensor([[-100.0000,    0.8810,    0.5000]])
 
@@ -81,7 +82,7 @@ def positive_probabilities(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     """
     if isinstance(logits, tuple):  # models may return extra outputs after the logits
         logits = logits[0]
-    probs = logits.float().softmax(dim=-1)[..., 0]
+    probs = logits.float().softmax(dim=-1)[..., positive_index]
     return torch.where(labels != -100, probs, torch.full_like(probs, -100.0))
 
 
@@ -208,7 +209,7 @@ class PRMTrainer(_BaseTrainer):
     _name = "PRM"
     _paper = {
         "title": "Training Data Efficiency in Multimodal Process Reward Models",
-        "id": "2602.11111",
+        "id": "2602.04145",
         "citation": CITATION,
     }
 
@@ -327,9 +328,13 @@ class PRMTrainer(_BaseTrainer):
         if length_aware and args.length_column_name not in train_dataset.column_names:
             train_dataset = _with_lengths(train_dataset, processing_class, args)
 
+        # the class order of this model (0.2.0.dev0 checkpoints have the positive class first)
+        positive = positive_index(model.config)
         if compute_metrics is None:
             compute_metrics = compute_step_metrics
-            preprocess_logits_for_metrics = preprocess_logits_for_metrics or positive_probabilities
+            preprocess_logits_for_metrics = preprocess_logits_for_metrics or partial(
+                positive_probabilities, positive_index=positive
+            )
 
         super().__init__(
             model=model,
@@ -342,10 +347,11 @@ class PRMTrainer(_BaseTrainer):
             callbacks=callbacks,
             optimizers=optimizers,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-            compute_loss_func=_prm_loss,
+            compute_loss_func=partial(_prm_loss, positive_index=positive),
         )
         # The loss is ours (`compute_loss_func`): the model gets no loss arguments
         self.model_accepts_loss_kwargs = False
+        self._positive_index = positive
         self.dataset_name, self.selection_report = dataset_name, selection_report
         self.dataset_checks: dict[str, DatasetCheck] = {check.name: check for check in checks}
         # rollouts skipped while collating, by mode: the rows of this process, and the count over all processes
@@ -393,7 +399,8 @@ class PRMTrainer(_BaseTrainer):
 
         with torch.no_grad():
             mask = labels != -100
-            predicted = outputs.logits[..., 0] >= outputs.logits[..., 1]
+            positive = self._positive_index
+            predicted = outputs.logits[..., positive] >= outputs.logits[..., 1 - positive]
             correct = (predicted == (labels > 0.5))[mask].sum()
             # summed on the device; read (one sync) only when logging
             counts = torch.stack(
@@ -508,8 +515,10 @@ class PRMTrainer(_BaseTrainer):
         super()._save_checkpoint(model, trial)
 
 
-def _prm_loss(outputs, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
-    return prm_loss(outputs.logits, labels, num_items_in_batch)
+def _prm_loss(
+    outputs, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None, positive_index: int = 1
+) -> torch.Tensor:
+    return prm_loss(outputs.logits, labels, num_items_in_batch, positive_index)
 
 
 def _lengths_batch(batch: dict[str, list], processor, step_token: str, max_images: int | None) -> dict[str, list]:
