@@ -58,15 +58,17 @@ def test_trl_base_guard():
 
 
 def test_positive_probabilities_keeps_only_labelled_positions():
-    logits = torch.zeros(2, 4, 2)
-    logits[0, 1] = torch.tensor([2.0, 0.0])
-    logits[0, 3] = torch.tensor([0.0, 2.0])
-    logits[1, 2] = torch.tensor([1.0, 0.0])
+    logits = torch.zeros(2, 4, 2)  # [negative, positive]
+    logits[0, 1] = torch.tensor([0.0, 2.0])
+    logits[0, 3] = torch.tensor([2.0, 0.0])
+    logits[1, 2] = torch.tensor([0.0, 1.0])
     labels = torch.full((2, 4), -100.0)
     labels[0, 1], labels[0, 3], labels[1, 2] = 1.0, 0.0, 1.0
     sig2, sig1 = torch.sigmoid(torch.tensor(2.0)).item(), torch.sigmoid(torch.tensor(1.0)).item()
     expected = torch.tensor([[-100.0, sig2, -100.0, 1 - sig2], [-100.0, -100.0, sig1, -100.0]])
     torch.testing.assert_close(positive_probabilities(logits, labels), expected)
+    # a 0.2.0.dev0 checkpoint (positive class first) reads the other column
+    torch.testing.assert_close(positive_probabilities(logits.flip(-1), labels, positive_index=0), expected)
 
 
 def test_compute_step_metrics_against_hand_counts():

@@ -45,7 +45,8 @@ def test_a_causal_lm_becomes_transformers_own_token_classifier(text_prm):
     lm.resize_token_embeddings(model.get_input_embeddings().num_embeddings, mean_resizing=False)
     lm.get_input_embeddings().weight.data.copy_(model.get_input_embeddings().weight.data)
     with torch.no_grad():
-        expected = lm(**_inputs(batch)).logits[..., list(yes_no_token_ids(tokenizer))]
+        yes, no = yes_no_token_ids(tokenizer)
+        expected = lm(**_inputs(batch)).logits[..., [no, yes]]  # [negative, positive]
         got = model(**_inputs(batch)).logits
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(got[mask], expected[mask], rtol=1e-4, atol=1e-5)

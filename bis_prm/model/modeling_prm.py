@@ -2,10 +2,11 @@
 
 A PRM is transformers' own token-classification pattern, `<Arch>ForTokenClassification(GenericForTokenClassification,
 <Arch>PreTrainedModel)`: the base model under `model` and a head `score` (row 0: negative / "No", row 1: positive /
-"Yes", the class order of TRL-trained PRMs and Qwen2.5-Math-PRM) on the last hidden state. Text LMs have such classes in transformers already (`Qwen2ForTokenClassification`,
-`LlamaForTokenClassification`, ...); this module adds them for the vision-language backbones and registers them with
-`AutoModelForTokenClassification`, so every PRM loads with transformers' own `from_pretrained`. Only the positions of
-the step token (`<prm>`) are trained and read, with [`prm_loss`] (the trainer's loss).
+"Yes", the class order of TRL-trained PRMs and Qwen2.5-Math-PRM) on the last hidden state. Text LMs have such
+classes in transformers already (`Qwen2ForTokenClassification`, `LlamaForTokenClassification`, ...); this module adds
+them for the vision-language backbones and registers them with `AutoModelForTokenClassification`, so every PRM loads
+with transformers' own `from_pretrained`. Only the positions of the step token (`<prm>`) are trained and read, with
+[`prm_loss`] (the trainer's loss).
 
 [`load_prm`] creates a PRM from a base checkpoint in one explicit step: the stock `from_pretrained` of the PRM class
 builds it (under DeepSpeed ZeRO-3 inside `zero.Init`, each rank holding its shard), then `head="yes_no"` sets `score`
@@ -82,26 +83,26 @@ _HUB_KWARGS = (
 
 def positive_index(config) -> int:
     """
-    The class index of "correct step" in a PRM's logits, read from its config's `label2id`: 1 for PRMs saved by
+    The class index of "correct step" in a PRM's logits, read from its config's `id2label`: 1 for PRMs saved by
     bis_prm since 0.2 and for the ecosystem's PRMs (`[negative, positive]`), 0 for PRMs saved by 0.2.0.dev0 (their
-    config says `{"positive": 0, "negative": 1}`). A config that names no `positive` label (TRL's `LABEL_0` /
+    config says `{0: "positive", 1: "negative"}`). A config that names no `positive` label (TRL's `LABEL_0` /
     `LABEL_1`) is read in the ecosystem's order.
 
     Example:
 
     ```python
     >>> from transformers import PretrainedConfig
-    >>> positive_index(PretrainedConfig(label2id={"negative": 0, "positive": 1}))
+    >>> positive_index(PretrainedConfig(id2label={0: "negative", 1: "positive"}))
     1
-    >>> positive_index(PretrainedConfig(label2id={"positive": 0, "negative": 1}))  # a 0.2.0.dev0 checkpoint
+    >>> positive_index(PretrainedConfig(id2label={0: "positive", 1: "negative"}))  # a 0.2.0.dev0 checkpoint
     0
     >>> positive_index(PretrainedConfig(num_labels=2))  # LABEL_0 / LABEL_1
     1
 
     ```
     """
-    label2id = {str(label).lower(): int(index) for label, index in (getattr(config, "label2id", None) or {}).items()}
-    return label2id.get("positive", 1)
+    id2label = getattr(config, "id2label", None) or {}
+    return next((int(index) for index, label in id2label.items() if str(label).lower() == "positive"), 1)
 
 
 def prm_loss(
