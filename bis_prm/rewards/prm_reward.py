@@ -192,17 +192,16 @@ class PRMReward:
 
     ```
 
-    Called directly, on a tiny random text PRM:
+    Called directly, as TRL calls it (here on a tiny random text PRM; the second completion has no step):
 
     ```python
-    >>> import tempfile
     >>> from bis_prm.testing import make_tiny_lm
-    >>> prm = load_prm(make_tiny_lm("qwen2", tempfile.mkdtemp()), head="linear")
-    >>> reward = PRMReward(prm, aggregation="mean")
-    >>> rewards = reward(
+    >>> prm = load_prm(make_tiny_lm("qwen2", "/tmp/tiny-qwen2"), head="linear")  # doctest: +SKIP
+    >>> reward = PRMReward(prm, aggregation="mean")  # doctest: +SKIP
+    >>> rewards = reward(  # doctest: +SKIP
     ...     prompts=["What is 2 + 3?", "What is 4 + 4?"], completions=["2 + 3 = 5.\\n\\nThe answer is 5.", "\\n\\n"]
     ... )
-    >>> isinstance(rewards[0], float), rewards[1]
+    >>> isinstance(rewards[0], float), rewards[1]  # doctest: +SKIP
     (True, None)
 
     ```
