@@ -4,6 +4,7 @@ with their reasons counted."""
 
 import logging
 import math
+import sys
 
 import pytest
 import torch
@@ -235,6 +236,13 @@ def test_unscorable_completions_get_none_and_one_warning_with_the_counts(text_pr
     assert [s is None for s in step_scores] == [True, True, True, True, False, True]
     assert step_scores[4] == pytest.approx([rewards[4]])
 
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bis_prm.rewards.prm_reward"):
+        assert reward(prompts=[QUESTION] * 2, completions=["3 + 4 = 7.", ""])[1] is None
+    assert [record.getMessage() for record in caplog.records] == [  # only the reasons that occurred
+        "prm_reward: 1 of 2 completions could not be scored (no_steps: 1); their reward is None, which TRL leaves out."
+    ]
+
 
 def test_images_come_from_the_image_or_images_column_or_the_prompt(vlm_prm, text_prm):
     reward = PRMReward(vlm_prm, aggregation="mean")
@@ -283,3 +291,38 @@ def test_the_prm_loads_whole_inside_a_zero3_run(text_prm):
     finally:
         unset_hf_deepspeed_config()
         del config
+
+
+def test_the_tiny_grpo_recipe_runs_and_logs_the_prm_reward(text_prm, tmp_path_factory, tmp_path, monkeypatch):
+    import importlib.util
+    import json
+
+    from trl import GRPOConfig, ModelConfig, TrlParser
+
+    from bis_prm.data.sample import make_text_sample
+    from tests.utils import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("grpo_recipe", REPO_ROOT / "recipes" / "grpo" / "grpo.py")
+    recipe = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "grpo_recipe", recipe)  # dataclasses look their module up there
+    spec.loader.exec_module(recipe)
+    # the working directory the recipe's comments prepare
+    make_text_sample(tmp_path / "data" / "text-sample", num_rollouts=40, num_benchmark_rows=4)
+    (tmp_path / "data" / "tiny-qwen2").symlink_to(tiny_base("qwen2", tmp_path_factory))
+    (tmp_path / "data" / "tiny-qwen2-PRM-text").symlink_to(text_prm)
+    monkeypatch.chdir(tmp_path)
+
+    parser = TrlParser((recipe.GRPOScriptArguments, GRPOConfig, ModelConfig))
+    config = str(REPO_ROOT / "recipes" / "grpo" / "config_tiny.yaml")
+    script_args, training_args, model_args = parser.parse_args_and_config(
+        ["--config", config, "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "4"]
+    )
+    assert script_args.prm_separator == "\n\n" and script_args.prompt_column == "question"
+    dataset = recipe.load_prompts(script_args)
+    assert dataset[0]["prompt"][0]["role"] == "system" and dataset[0]["prompt"][1]["content"].startswith("What is")
+
+    recipe.main(script_args, training_args, model_args)
+    history = json.loads((tmp_path / "data" / "tiny-qwen2-GRPO-PRM" / "trainer_state.json").read_text())["log_history"]
+    means = [entry["rewards/prm_reward/mean"] for entry in history if "rewards/prm_reward/mean" in entry]
+    assert len(means) == 2 and all(0.0 < mean < 1.0 for mean in means)
+    assert (tmp_path / "data" / "tiny-qwen2-GRPO-PRM" / "model.safetensors").is_file()

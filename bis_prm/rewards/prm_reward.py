@@ -314,7 +314,8 @@ class PRMReward:
 
         if self.max_length is not None and rows:
             fits = [length <= self.max_length for length in self.scorer.lengths(rows)]
-            problems["too_long"] += fits.count(False)
+            if not all(fits):
+                problems["too_long"] += fits.count(False)
             rows = [row for row, fit in zip(rows, fits, strict=True) if fit]
             positions = [position for position, fit in zip(positions, fits, strict=True) if fit]
 
