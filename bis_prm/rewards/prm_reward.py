@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bis_prm.data.prompt import ExampleError
 from bis_prm.data.steps import STEP_SEPARATOR, split_steps
 from bis_prm.model.inference import AGGREGATIONS, StepScorer, aggregate_many
 from bis_prm.model.modeling_prm import load_prm
@@ -323,10 +322,10 @@ class PRMReward:
         if rows:
             self._place_model()
             for position, result in zip(positions, self.scorer.score_rows(rows), strict=True):
-                if isinstance(result, ExampleError):
-                    problems[result.reason] += 1
-                else:
-                    step_scores[position] = result
+                if isinstance(result, (list, tuple)) and result:
+                    step_scores[position] = list(result)
+                else:  # an ExampleError (or a server's error with its reason), or no step score at all
+                    problems[getattr(result, "reason", "no_step_scores")] += 1
         rewards: list[float | None] = [None] * len(completions)
         scored = [position for position, scores in enumerate(step_scores) if scores is not None]
         if scored:
