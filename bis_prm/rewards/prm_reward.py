@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bis_prm.data.prompt import ExampleError
 from bis_prm.data.steps import STEP_SEPARATOR, split_steps
 from bis_prm.model.inference import AGGREGATIONS, StepScorer, aggregate_many
 from bis_prm.model.modeling_prm import load_prm
@@ -26,6 +27,9 @@ from bis_prm.model.processing_prm import is_text_processor
 __all__ = ["PRMReward", "completion_text", "prompt_question"]
 
 logger = logging.getLogger(__name__)
+
+# Requests a PRM server may fail in a row before the reward gives up (a dead server would leave every reward None)
+MAX_FAILED_REQUESTS = 3
 
 
 def _content_text(content: str | list[dict[str, Any]]) -> str:
@@ -140,8 +144,9 @@ class PRMReward:
     reads as NaN; a completion that every reward function leaves out gets no advantage): a conversational prompt
     without a user turn (`bad_format`), a splitter that raised (`split_failed`), no step (`no_steps`: empty or only
     separators), longer than `max_length` tokens (`too_long`), or a rollout the PRM cannot render (its reason, e.g.
-    `step_token_in_text`, an unreadable image). Each call with such completions logs one warning with the counts per
-    reason; only a failure of the scorer itself (a model error, an unreachable server) raises.
+    `step_token_in_text`, an unreadable image; `server_error` for the rows of a request a PRM server failed). Each
+    call with such completions logs one warning with the counts per reason. A model error in-process raises, and so
+    does a server that failed `MAX_FAILED_REQUESTS` (3) requests in a row.
 
     With TRL's logging hooks, every call logs the step scores of each completion as the column
     `<name>/step_scores` of the completions table (`log_extra`) and the share of completions left unscored as the
@@ -238,12 +243,17 @@ class PRMReward:
         self.max_length = max_length
         self._split = split_steps
         self._pending_device = False
+        # a request the server failed costs its batch its rewards, not the run (`MAX_FAILED_REQUESTS` in a row do);
+        # in-process, a failure is the model's or the hardware's and raises
+        self._request_errors: tuple[type[Exception], ...] = ()
+        self._failed_requests = 0
 
         # Scoring: a server, or the PRM here
         if url is not None:
-            from bis_prm.serving.client import RemoteScorer
+            from bis_prm.serving.client import RemoteScorer, RemoteScorerError
 
             self.scorer = RemoteScorer(url, api_key=api_key)
+            self._request_errors = (RemoteScorerError,)
             self.text_only = False  # the server knows its PRM: images go with every row
             return
         if isinstance(model, tuple):
@@ -321,7 +331,7 @@ class PRMReward:
         step_scores: list[list[float] | None] = [None] * len(completions)
         if rows:
             self._place_model()
-            for position, result in zip(positions, self.scorer.score_rows(rows), strict=True):
+            for position, result in zip(positions, self._score(rows), strict=True):
                 if isinstance(result, (list, tuple)) and result:
                     step_scores[position] = list(result)
                 else:  # an ExampleError (or a server's error with its reason), or no step score at all
@@ -345,6 +355,21 @@ class PRMReward:
         if log_metric is not None and completions:
             log_metric(f"rewards/{self.__name__}/unscored_frac", unscored / len(completions))
         return rewards
+
+    def _score(self, rows: list[dict[str, Any]]) -> list:
+        """The scorer's results for `rows`; a failed server request leaves them all unscored (`server_error`)."""
+        try:
+            results = self.scorer.score_rows(rows)
+        except self._request_errors as error:
+            self._failed_requests += 1
+            if self._failed_requests >= MAX_FAILED_REQUESTS:
+                raise RuntimeError(
+                    f"{self.__name__}: the PRM server failed {self._failed_requests} requests in a row: {error}"
+                ) from error
+            logger.warning(f"{self.__name__}: the PRM server failed a request ({error}); its rows get no reward.")
+            return [ExampleError("server_error", str(error))] * len(rows)
+        self._failed_requests = 0
+        return results
 
     @staticmethod
     def _images(index: int, prompt, columns: dict[str, Any]) -> list[Any] | None:
