@@ -68,6 +68,8 @@ _EXPORTS = {
     "EvalConfig": "bis_prm.evaluation.runner",
     "evaluate_prm": "bis_prm.evaluation.runner",
     "best_of_n": "bis_prm.evaluation.best_of_n",
+    # rewards: a PRM as the reward of TRL's GRPOTrainer / RLOOTrainer
+    "PRMReward": "bis_prm.rewards.prm_reward",
 }
 
 __all__ = ["__version__", *_EXPORTS]
