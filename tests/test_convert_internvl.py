@@ -1,0 +1,547 @@
+"""`convert_internvl` on tiny checkpoints written in the remote-code layout of InternVL2.5 (`InternVLChatModel`).
+
+The expected outputs come from independent implementations written here from the published remote code
+(`modeling_internlm2.py`, `modeling_intern_vit.py`, `modeling_internvl_chat.py`), not from the converter: InternLM2's
+attention unpacks `wqkv` with its own `rearrange`, InternViT splits `qkv` with its own `reshape(B, N, 3, H, D)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from einops import rearrange
+from safetensors.torch import save_file
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from bis_prm import convert_internvl, load_prm
+from bis_prm.model.convert_internvl import InternVLConversionError
+from bis_prm.testing import tiny_tokenizer
+
+VISION = {"hidden_size": 32, "heads": 2, "intermediate": 64, "layers": 2, "image": 28, "patch": 7}
+TEXT = {"hidden_size": 64, "heads": 4, "kv_heads": 2, "intermediate": 96, "layers": 2}
+IMAGE_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
+
+
+# ---- writing checkpoints in the remote layout ----
+
+
+def _sentencepiece_internlm2(path: Path) -> tuple[int, dict]:
+    """An InternLM2-style tokenizer: a sentencepiece BPE `tokenizer.model` and a remote-code `tokenizer_config.json`
+    whose added tokens (ChatML and the InternVL image tokens) follow the pieces. Returns (vocabulary size, config)."""
+    import sentencepiece as spm
+
+    from bis_prm.testing import _CORPUS
+
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS * 5),
+        model_prefix=str(path / "tokenizer"),
+        model_type="bpe",
+        vocab_size=600,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    pieces = spm.SentencePieceProcessor(model_file=str(path / "tokenizer.model")).get_piece_size()
+    added = {0: "<unk>", 1: "<s>", 2: "</s>"}
+    for offset, token in enumerate(["<|im_start|>", "<|im_end|>", *IMAGE_TOKENS]):
+        added[pieces + offset] = token
+    tokenizer_config = {
+        "tokenizer_class": "InternLM2Tokenizer",
+        "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "pad_token": "</s>",
+        "added_tokens_decoder": {
+            str(i): {
+                "content": t,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
+            }
+            for i, t in added.items()
+        },
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config), encoding="utf-8")
+    return pieces + 2 + len(IMAGE_TOKENS), tokenizer_config
+
+
+def _qwen2_tokenizer(path: Path) -> int:
+    tokenizer = tiny_tokenizer("qwen2")
+    tokenizer.add_tokens(IMAGE_TOKENS, special_tokens=True)
+    tokenizer.save_pretrained(path)
+    return len(tokenizer) + 3  # the embeddings of InternVL's Qwen2 LMs have spare rows
+
+
+def _remote_config(llm_arch: str, vocab_size: int, vision_6b: bool, **llm_extra) -> dict:
+    if llm_arch == "internlm2":
+        llm = {
+            "architectures": ["InternLM2ForCausalLM"],
+            "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config"},
+            "model_type": "internlm2",
+            "bias": False,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 1000000,
+            "rope_scaling": {"type": "dynamic", "factor": 2.0},
+            "max_position_embeddings": 12,  # short, so the dynamic NTK scaling acts on the test's sequences
+            "attn_implementation": "flash_attention_2",
+            "pad_token_id": 2,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        }
+    else:
+        llm = {
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "max_position_embeddings": 32768,
+            "use_sliding_window": False,
+            "sliding_window": 32768,
+            "max_window_layers": 2,
+            "bos_token_id": 0,
+            "eos_token_id": 0,
+        }
+    llm.update(
+        hidden_size=TEXT["hidden_size"],
+        intermediate_size=TEXT["intermediate"],
+        num_hidden_layers=TEXT["layers"],
+        num_attention_heads=TEXT["heads"],
+        num_key_value_heads=TEXT["kv_heads"],
+        vocab_size=vocab_size,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+        transformers_version="4.37.2",
+        **llm_extra,
+    )
+    vision = {
+        "architectures": ["InternVisionModel"],
+        "model_type": "intern_vit_6b",
+        "hidden_size": VISION["hidden_size"],
+        "intermediate_size": VISION["intermediate"],
+        "num_hidden_layers": VISION["layers"],
+        "num_attention_heads": VISION["heads"],
+        "image_size": VISION["image"],
+        "patch_size": VISION["patch"],
+        "num_channels": 3,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-6,
+        "norm_type": "rms_norm" if vision_6b else "layer_norm",
+        "qk_normalization": vision_6b,
+        "qkv_bias": not vision_6b,
+        "initializer_factor": 0.1,
+        "use_flash_attn": True,
+        "drop_path_rate": 0.1,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+    }
+    return {
+        "architectures": ["InternVLChatModel"],
+        "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig"},
+        "model_type": "internvl_chat",
+        "downsample_ratio": 0.5,
+        "dynamic_image_size": True,
+        "force_image_size": VISION["image"],
+        "max_dynamic_patch": 6,
+        "min_dynamic_patch": 1,
+        "ps_version": "v2",
+        "select_layer": -1,
+        "template": "internvl2_5",
+        "use_thumbnail": True,
+        "use_backbone_lora": 0,
+        "use_llm_lora": 0,
+        "torch_dtype": "float32",
+        "llm_config": llm,
+        "vision_config": vision,
+    }
+
+
+def _remote_weights(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights under the remote code's names and shapes (`InternVLChatModel.state_dict()`)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.2, around=0.0):
+        return around + scale * torch.randn(*shape, generator=generator)
+
+    vision, llm = config["vision_config"], config["llm_config"]
+    v, vi = vision["hidden_size"], vision["intermediate_size"]
+    grid = vision["image_size"] // vision["patch_size"]
+    w = {
+        "vision_model.embeddings.class_embedding": rand(1, 1, v),
+        "vision_model.embeddings.patch_embedding.weight": rand(v, 3, vision["patch_size"], vision["patch_size"]),
+        "vision_model.embeddings.patch_embedding.bias": rand(v),
+        "vision_model.embeddings.position_embedding": rand(1, grid * grid + 1, v),
+    }
+    for i in range(vision["num_hidden_layers"]):
+        p = f"vision_model.encoder.layers.{i}."
+        w |= {p + "ls1": rand(v, around=0.5), p + "ls2": rand(v, around=0.5), p + "attn.qkv.weight": rand(3 * v, v)}
+        if vision["qkv_bias"]:
+            w[p + "attn.qkv.bias"] = rand(3 * v)
+        if vision["qk_normalization"]:
+            w |= {p + "attn.q_norm.weight": rand(v, around=1.0), p + "attn.k_norm.weight": rand(v, around=1.0)}
+        w |= {p + "attn.proj.weight": rand(v, v), p + "attn.proj.bias": rand(v)}
+        w |= {p + "mlp.fc1.weight": rand(vi, v), p + "mlp.fc1.bias": rand(vi)}
+        w |= {p + "mlp.fc2.weight": rand(v, vi), p + "mlp.fc2.bias": rand(v)}
+        for norm in ("norm1", "norm2"):
+            w[p + f"{norm}.weight"] = rand(v, around=1.0)
+            if vision["norm_type"] == "layer_norm":
+                w[p + f"{norm}.bias"] = rand(v)
+    h, hi = llm["hidden_size"], llm["intermediate_size"]
+    packed = v * int(1 / config["downsample_ratio"]) ** 2
+    w |= {"mlp1.0.weight": rand(packed, around=1.0), "mlp1.0.bias": rand(packed)}
+    w |= {
+        "mlp1.1.weight": rand(h, packed),
+        "mlp1.1.bias": rand(h),
+        "mlp1.3.weight": rand(h, h),
+        "mlp1.3.bias": rand(h),
+    }
+    heads, kv_heads = llm["num_attention_heads"], llm["num_key_value_heads"]
+    d = h // heads
+    vocab = llm["vocab_size"]
+    if llm["architectures"] == ["InternLM2ForCausalLM"]:
+        w |= {"language_model.model.tok_embeddings.weight": rand(vocab, h, scale=1.0)}
+        for i in range(llm["num_hidden_layers"]):
+            p = f"language_model.model.layers.{i}."
+            w[p + "attention.wqkv.weight"] = rand((heads + 2 * kv_heads) * d, h)
+            w[p + "attention.wo.weight"] = rand(h, heads * d)
+            if llm["bias"]:
+                w[p + "attention.wqkv.bias"] = rand((heads + 2 * kv_heads) * d)
+                w[p + "attention.wo.bias"] = rand(h)
+            w |= {p + "feed_forward.w1.weight": rand(hi, h), p + "feed_forward.w3.weight": rand(hi, h)}
+            w |= {p + "feed_forward.w2.weight": rand(h, hi)}
+            w |= {p + "attention_norm.weight": rand(h, around=1.0), p + "ffn_norm.weight": rand(h, around=1.0)}
+        w |= {"language_model.model.norm.weight": rand(h, around=1.0), "language_model.output.weight": rand(vocab, h)}
+    else:
+        w |= {"language_model.model.embed_tokens.weight": rand(vocab, h, scale=1.0)}
+        for i in range(llm["num_hidden_layers"]):
+            p = f"language_model.model.layers.{i}."
+            for name, rows in (("q", heads * d), ("k", kv_heads * d), ("v", kv_heads * d)):
+                w[p + f"self_attn.{name}_proj.weight"] = rand(rows, h)
+                w[p + f"self_attn.{name}_proj.bias"] = rand(rows)
+            w[p + "self_attn.o_proj.weight"] = rand(h, heads * d)
+            w |= {p + "mlp.gate_proj.weight": rand(hi, h), p + "mlp.up_proj.weight": rand(hi, h)}
+            w |= {p + "mlp.down_proj.weight": rand(h, hi)}
+            w |= {p + "input_layernorm.weight": rand(h, around=1.0)}
+            w |= {p + "post_attention_layernorm.weight": rand(h, around=1.0)}
+        w |= {"language_model.model.norm.weight": rand(h, around=1.0), "language_model.lm_head.weight": rand(vocab, h)}
+    return w
+
+
+def write_remote_checkpoint(path: Path, llm_arch: str, vision_6b: bool = False, shards: int = 2, **llm_extra):
+    """A remote-code InternVL2.5 checkpoint folder (config.json, sharded safetensors, tokenizer files)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if llm_arch == "internlm2":
+        vocab_size, _ = _sentencepiece_internlm2(path)
+    else:
+        vocab_size = _qwen2_tokenizer(path)
+    config = _remote_config(llm_arch, vocab_size, vision_6b, **llm_extra)
+    (path / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    weights = _remote_weights(config)
+    keys = sorted(weights)
+    weight_map = {}
+    for i in range(shards):
+        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {key: weights[key] for key in keys[i::shards]}
+        save_file(part, path / name, metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(part, name)
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}), encoding="utf-8")
+    return config, weights
+
+
+# ---- independent reference implementations, from the remote code's definitions ----
+
+
+def rms_norm(x, weight, eps):
+    variance = x.float().pow(2).mean(-1, keepdim=True)
+    return weight * (x * torch.rsqrt(variance + eps))
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rotary(llm: dict, seq_len: int, head_dim: int):
+    """InternLM2RotaryEmbedding / InternLM2DynamicNTKScalingRotaryEmbedding / Qwen2's default rotary."""
+    base = llm["rope_theta"]
+    scaling = llm.get("rope_scaling")
+    if scaling and scaling["type"] == "dynamic" and seq_len > llm["max_position_embeddings"]:
+        factor = scaling["factor"]
+        base = base * ((factor * seq_len / llm["max_position_embeddings"]) - (factor - 1)) ** (
+            head_dim / (head_dim - 2)
+        )
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    t = torch.arange(seq_len).float()
+    if scaling and scaling["type"] == "linear":
+        t = t / scaling["factor"]
+    emb = torch.cat([torch.outer(t, inv_freq)] * 2, dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def remote_lm_logits(config: dict, w: dict, inputs_embeds: torch.Tensor) -> torch.Tensor:
+    """InternLM2ForCausalLM (or Qwen2ForCausalLM) forward on `inputs_embeds` [batch, seq, hidden]."""
+    llm = config["llm_config"]
+    internlm2 = llm["architectures"] == ["InternLM2ForCausalLM"]
+    heads, kv_heads = llm["num_attention_heads"], llm["num_key_value_heads"]
+    groups, head_dim = heads // kv_heads, llm["hidden_size"] // heads
+    eps = llm["rms_norm_eps"]
+    batch, seq, _ = inputs_embeds.shape
+    cos, sin = rotary(llm, seq, head_dim)
+    causal = torch.full((seq, seq), float("-inf")).triu(1)
+    x = inputs_embeds
+    for i in range(llm["num_hidden_layers"]):
+        p = f"language_model.model.layers.{i}."
+        h = rms_norm(x, w[p + ("attention_norm.weight" if internlm2 else "input_layernorm.weight")], eps)
+        if internlm2:
+            qkv = h @ w[p + "attention.wqkv.weight"].T
+            qkv = rearrange(qkv, "b q (h gs d) -> b q h gs d", gs=2 + groups, d=head_dim)
+            q = rearrange(qkv[..., :groups, :], "b q h gs d -> b q (h gs) d")
+            k, v = qkv[..., -2, :], qkv[..., -1, :]
+        else:
+            q, k, v = (
+                (h @ w[p + f"self_attn.{n}_proj.weight"].T + w[p + f"self_attn.{n}_proj.bias"]).view(
+                    batch, seq, -1, head_dim
+                )
+                for n in "qkv"
+            )
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        attention = torch.softmax(q @ k.transpose(2, 3) / math.sqrt(head_dim) + causal, dim=-1) @ v
+        attention = attention.transpose(1, 2).reshape(batch, seq, heads * head_dim)
+        x = x + attention @ w[p + ("attention.wo.weight" if internlm2 else "self_attn.o_proj.weight")].T
+        h = rms_norm(x, w[p + ("ffn_norm.weight" if internlm2 else "post_attention_layernorm.weight")], eps)
+        if internlm2:
+            gate, up, down = (w[p + f"feed_forward.{n}.weight"] for n in ("w1", "w3", "w2"))
+        else:
+            gate, up, down = (w[p + f"mlp.{n}_proj.weight"] for n in ("gate", "up", "down"))
+        x = x + (torch.nn.functional.silu(h @ gate.T) * (h @ up.T)) @ down.T
+    x = rms_norm(x, w["language_model.model.norm.weight"], eps)
+    return x @ w["language_model.output.weight" if internlm2 else "language_model.lm_head.weight"].T
+
+
+def remote_embeddings(config: dict, w: dict, input_ids: torch.Tensor) -> torch.Tensor:
+    internlm2 = config["llm_config"]["architectures"] == ["InternLM2ForCausalLM"]
+    return w[
+        "language_model.model.tok_embeddings.weight" if internlm2 else "language_model.model.embed_tokens.weight"
+    ][input_ids]
+
+
+def remote_extract_feature(config: dict, w: dict, pixel_values: torch.Tensor) -> torch.Tensor:
+    """InternVLChatModel.extract_feature: InternViT (naive attention), drop CLS, pixel shuffle v2, mlp1."""
+    vision = config["vision_config"]
+    dim, heads, eps = vision["hidden_size"], vision["num_attention_heads"], vision["layer_norm_eps"]
+
+    def norm(x, prefix):
+        if vision["norm_type"] == "rms_norm":
+            return rms_norm(x, w[prefix + ".weight"], eps)
+        return torch.nn.functional.layer_norm(x, (dim,), w[prefix + ".weight"], w[prefix + ".bias"], eps)
+
+    patches = torch.nn.functional.conv2d(
+        pixel_values,
+        w["vision_model.embeddings.patch_embedding.weight"],
+        w["vision_model.embeddings.patch_embedding.bias"],
+        stride=vision["patch_size"],
+    )
+    batch = patches.shape[0]
+    x = torch.cat(
+        [w["vision_model.embeddings.class_embedding"].expand(batch, 1, -1), patches.flatten(2).transpose(1, 2)], dim=1
+    )
+    x = x + w["vision_model.embeddings.position_embedding"]
+    for i in range(vision["num_hidden_layers"]):
+        p = f"vision_model.encoder.layers.{i}."
+        h = norm(x, p + "norm1")
+        B, N, C = h.shape
+        qkv = h @ w[p + "attn.qkv.weight"].T + (w[p + "attn.qkv.bias"] if vision["qkv_bias"] else 0)
+        q, k, v = qkv.reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if vision["qk_normalization"]:
+            q = rms_norm(q.transpose(1, 2).flatten(-2, -1), w[p + "attn.q_norm.weight"], eps)
+            q = q.view(B, N, heads, C // heads).transpose(1, 2)
+            k = rms_norm(k.transpose(1, 2).flatten(-2, -1), w[p + "attn.k_norm.weight"], eps)
+            k = k.view(B, N, heads, C // heads).transpose(1, 2)
+        attention = ((q * (C // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        attention = attention.transpose(1, 2).reshape(B, N, C) @ w[p + "attn.proj.weight"].T + w[p + "attn.proj.bias"]
+        x = x + attention * w[p + "ls1"]
+        h = norm(x, p + "norm2")
+        h = torch.nn.functional.gelu(h @ w[p + "mlp.fc1.weight"].T + w[p + "mlp.fc1.bias"])
+        x = x + (h @ w[p + "mlp.fc2.weight"].T + w[p + "mlp.fc2.bias"]) * w[p + "ls2"]
+    x = x[:, 1:, :]
+    side = int(x.shape[1] ** 0.5)
+    x = x.reshape(batch, side, side, -1)
+    scale = config["downsample_ratio"]
+    n, width, height, c = x.shape
+    x = x.view(n, width, int(height * scale), int(c / scale)).permute(0, 2, 1, 3).contiguous()
+    x = x.view(n, int(height * scale), int(width * scale), int(c / scale**2)).permute(0, 2, 1, 3).contiguous()
+    x = x.reshape(batch, -1, x.shape[-1])
+    x = torch.nn.functional.layer_norm(x, (x.shape[-1],), w["mlp1.0.weight"], w["mlp1.0.bias"], 1e-5)
+    x = torch.nn.functional.gelu(x @ w["mlp1.1.weight"].T + w["mlp1.1.bias"])
+    return x @ w["mlp1.3.weight"].T + w["mlp1.3.bias"]
+
+
+# ---- tests ----
+
+
+@pytest.fixture(scope="module")
+def internlm2_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("internlm2")
+    config, weights = write_remote_checkpoint(root / "remote", "internlm2")
+    out = convert_internvl(root / "remote", root / "hf", max_shard_size=200_000)
+    return root, config, weights, out
+
+
+@pytest.mark.parametrize("llm_arch,vision_6b", [("internlm2", False), ("qwen2", True)])
+def test_logits_equal_the_remote_definition(tmp_path, llm_arch, vision_6b, internlm2_checkpoint):
+    if llm_arch == "internlm2":
+        _, config, weights, out = internlm2_checkpoint
+    else:
+        config, weights = write_remote_checkpoint(tmp_path / "remote", llm_arch, vision_6b=vision_6b)
+        out = convert_internvl(tmp_path / "remote", tmp_path / "hf")
+    model = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32).eval()
+    expected_arch = "llama" if llm_arch == "internlm2" else "qwen2"
+    assert model.config.text_config.model_type == expected_arch
+    vocab = config["llm_config"]["vocab_size"]
+
+    # text only: 16 tokens, beyond the InternLM2 checkpoint's 12 positions, so its dynamic NTK rotary acts
+    input_ids = torch.randint(3, vocab, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(input_ids=input_ids).logits[..., :vocab]
+        expected = remote_lm_logits(config, weights, remote_embeddings(config, weights, input_ids))
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+    # the vision path: InternViT + pixel shuffle + mlp1, then the image features in place of <IMG_CONTEXT>
+    processor = AutoProcessor.from_pretrained(out)
+    pixel_values = torch.randn(3, 3, VISION["image"], VISION["image"], generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        features = model.get_image_features(pixel_values=pixel_values).pooler_output
+        expected_features = remote_extract_feature(config, weights, pixel_values)
+    torch.testing.assert_close(features, expected_features, atol=1e-5, rtol=1e-5)
+    context = processor.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    image_ids = torch.full((1, 3 * model.config.image_seq_length), context)
+    input_ids = torch.cat([input_ids[:1, :3], image_ids, input_ids[:1, 3:9]], dim=1)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, pixel_values=pixel_values).logits[..., :vocab]
+        embeds = remote_embeddings(config, weights, input_ids).clone()
+        embeds[input_ids == context] = expected_features.reshape(-1, expected_features.shape[-1])
+        expected = remote_lm_logits(config, weights, embeds)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_internlm2_tokenizer_matches_sentencepiece(internlm2_checkpoint):
+    """The fast tokenizer splits like InternLM2Tokenizer: sentencepiece on the text between special tokens."""
+    import sentencepiece as spm
+
+    root, config, _, out = internlm2_checkpoint
+    sp = spm.SentencePieceProcessor(model_file=str(root / "remote" / "tokenizer.model"))
+    added = {
+        t["content"]: int(i)
+        for i, t in json.loads((root / "remote" / "tokenizer_config.json").read_text())["added_tokens_decoder"].items()
+    }
+    tokenizer = AutoProcessor.from_pretrained(out).tokenizer
+    text = "Question: How many red circles?<|im_end|>\n<|im_start|>assistant\n<img><IMG_CONTEXT></img>  12 * 3 = 36.ü"
+    pieces, expected = text, [added["<s>"]]
+    for special in ("<|im_end|>", "<|im_start|>", "<img>", "<IMG_CONTEXT>", "</img>"):
+        before, pieces = pieces.split(special, 1)
+        expected += (sp.encode(before) if before else []) + [added[special]]
+    expected += sp.encode(pieces)
+    assert tokenizer(text).input_ids == expected
+    plain = "How many red circles?  12 * 3 = 36.ü"
+    assert tokenizer.decode(tokenizer(plain).input_ids, skip_special_tokens=True) == plain
+    assert tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>") == added["<IMG_CONTEXT>"]
+
+
+def test_processor_tiles_and_renders_the_chat_template(internlm2_checkpoint):
+    from PIL import Image
+
+    _, config, _, out = internlm2_checkpoint
+    processor = AutoProcessor.from_pretrained(out)
+    assert processor.image_processor.max_patches == config["max_dynamic_patch"]
+    assert processor.image_seq_length == 4  # (28 / 7)^2 * 0.5^2
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    system = (
+        "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+    )
+    assert text == (
+        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<IMG_CONTEXT>\nHow many?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    # a 2:1 image: 2 tiles + the thumbnail, each 4 tokens, inside <img>...</img>
+    inputs = processor(images=[Image.new("RGB", (56, 28), "red")], text=[text], return_tensors="pt")
+    assert inputs["pixel_values"].shape == (3, 3, 28, 28)
+    context = processor.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    assert int((inputs["input_ids"] == context).sum()) == 12
+
+
+def test_load_prm_on_the_converted_model(internlm2_checkpoint):
+    _, config, weights, out = internlm2_checkpoint
+    model, processor = load_prm(out, head="yes_no")
+    assert type(model).__name__ == "InternVLForTokenClassification"
+    step_id = processor.tokenizer.convert_tokens_to_ids("<prm>")
+    assert model.config.step_token_id == step_id
+    # the yes_no head starts from the converted LM head's rows ([negative, positive] = [No, Yes])
+    (no_id,), (yes_id,) = (processor.tokenizer(t, add_special_tokens=False).input_ids for t in ("No", "Yes"))
+    torch.testing.assert_close(model.score.weight.data, weights["language_model.output.weight"][[no_id, yes_id]])
+
+
+def test_sharded_output_is_streamed(internlm2_checkpoint):
+    _, _, weights, out = internlm2_checkpoint
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
+    assert len(shards) > 1 and all((out / shard).is_file() for shard in shards)
+    assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no staging folder left
+    # vision, projector and LM weights all land where transformers expects them
+    assert "model.vision_tower.encoder.layer.1.attention.q_proj.bias" in index["weight_map"]
+    assert "model.multi_modal_projector.linear_2.weight" in index["weight_map"]
+    assert "model.language_model.layers.1.self_attn.k_proj.weight" in index["weight_map"]
+
+
+def _broken(tmp_path: Path, change) -> Path:
+    config, weights = write_remote_checkpoint(tmp_path / "remote", "qwen2", shards=1)
+    change(weights)
+    (tmp_path / "remote" / "model.safetensors.index.json").unlink()
+    for file in (tmp_path / "remote").glob("*.safetensors"):
+        file.unlink()
+    save_file(weights, tmp_path / "remote" / "model.safetensors")
+    return tmp_path / "remote"
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            lambda w: w.__setitem__("vision_model.encoder.layers.0.attn.extra.weight", torch.zeros(2)),
+            "unknown key.*vision_model.encoder.layers.0.attn.extra.weight",
+        ),
+        (lambda w: w.__setitem__("mlp1.1.weight", torch.zeros(64, 100)), r"mlp1.1.weight \(\[64, 100\]"),
+        (lambda w: w.pop("language_model.model.norm.weight"), "lacks 1 weight.*model.language_model.norm.weight"),
+    ],
+    ids=["unknown_key", "wrong_shape", "missing"],
+)
+def test_broken_checkpoint_is_refused_without_leaving_files(tmp_path, change, message):
+    source = _broken(tmp_path, change)
+    with pytest.raises(InternVLConversionError, match=message):
+        convert_internvl(source, tmp_path / "out" / "hf")
+    assert not (tmp_path / "out" / "hf").exists()
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_packed_wqkv_of_the_wrong_size_is_refused(tmp_path):
+    config, weights = write_remote_checkpoint(tmp_path / "remote", "internlm2", shards=1)
+    config["llm_config"]["num_key_value_heads"] = 4  # the weights pack 2 key/value heads
+    (tmp_path / "remote" / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(InternVLConversionError, match=r"attention.wqkv.weight has shape \[128, 64\]"):
+        convert_internvl(tmp_path / "remote", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
