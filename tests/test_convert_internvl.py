@@ -545,3 +545,20 @@ def test_packed_wqkv_of_the_wrong_size_is_refused(tmp_path):
     with pytest.raises(InternVLConversionError, match=r"attention.wqkv.weight has shape \[128, 64\]"):
         convert_internvl(tmp_path / "remote", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_cli(tmp_path, capsys):
+    from bis_prm.cli import main
+
+    write_remote_checkpoint(tmp_path / "remote", "qwen2", shards=1)
+    assert main(["convert-internvl", str(tmp_path / "remote"), str(tmp_path / "hf"), "--max-shard-size", "50KB"]) == 0
+    assert "Converted" in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())["weight_map"]) > 0
+    # an existing output is refused before any work, a broken checkpoint in one line naming the problem
+    assert main(["convert-internvl", str(tmp_path / "remote"), str(tmp_path / "hf")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    (tmp_path / "remote" / "config.json").write_text('{"architectures": ["LlavaForConditionalGeneration"]}')
+    assert main(["convert-internvl", str(tmp_path / "remote"), str(tmp_path / "other")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "not an InternVLChatModel" in error
+    assert not (tmp_path / "other").exists()

@@ -12,8 +12,9 @@ converted to a `tokenizers` BPE with byte fallback) and the chat template the ch
 
 Every source tensor is checked before anything is written: a key the converter does not know, a tensor of the wrong
 shape or a weight the model needs but the checkpoint lacks stops the conversion with a message naming it. The weights
-are then streamed tensor by tensor into safetensors shards of a temporary folder next to the output, renamed to the
-output at the end, so an 8B model needs neither twice its size in memory nor leaves a half-written folder behind.
+are then read tensor by tensor (memory-mapped) and written shard by shard (`max_shard_size`, 5 GB by default) into a
+temporary folder next to the output, renamed to the output at the end: an 8B model needs about one shard of memory,
+not twice its size, and a failed conversion leaves no half-written folder behind.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["InternVLConversionError", "convert_internvl", "internvl_config"]
+__all__ = ["InternVLConversionError", "chat_template", "convert_internvl", "internvl_config"]
 
 # OpenAI CLIP / ImageNet statistics used by InternVL's `build_transform`
 _IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -41,7 +42,6 @@ _IMAGE_TOKENS = {
 }
 # The files a conversion reads from a Hub repository (no `*.py`: remote code is never downloaded)
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.tiktoken"]
-_DEFAULT_MAX_SHARD_SIZE = 5 * 1024**3
 
 # conversation templates of InternVL (`internvl/conversation.py`): system message and the separator after each turn
 _SYSTEM_INTERNVL2_5 = (
@@ -166,8 +166,8 @@ def internvl_config(remote: dict, image_token_id: int):
     ...     "architectures": ["InternVLChatModel"], "downsample_ratio": 0.5, "force_image_size": 448,
     ...     "ps_version": "v2", "select_layer": -1, "template": "internvl2_5",
     ...     "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-    ...                       "num_attention_heads": 16, "image_size": 448, "patch_size": 14, "norm_type": "layer_norm",
-    ...                       "qk_normalization": False, "qkv_bias": True},
+    ...                       "num_attention_heads": 16, "image_size": 448, "patch_size": 14,
+    ...                       "norm_type": "layer_norm", "qk_normalization": False, "qkv_bias": True},
     ...     "llm_config": {"architectures": ["InternLM2ForCausalLM"], "hidden_size": 4096, "intermediate_size": 14336,
     ...                    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
     ...                    "vocab_size": 92553, "rope_theta": 1000000, "bias": False,
@@ -184,8 +184,8 @@ def internvl_config(remote: dict, image_token_id: int):
     architecture = (remote.get("architectures") or [None])[0]
     if architecture != "InternVLChatModel" and remote.get("model_type") != "internvl_chat":
         raise InternVLConversionError(
-            f"config.json describes {architecture or remote.get('model_type')!r}, not an InternVLChatModel (remote-code "
-            "InternVL) checkpoint"
+            f"config.json describes {architecture or remote.get('model_type')!r}, not an InternVLChatModel "
+            "(remote-code InternVL) checkpoint"
         )
     for field in ("vision_config", "llm_config"):
         if not isinstance(remote.get(field), dict):
@@ -482,7 +482,7 @@ _DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
 
 
 def _write_weights(plan: _Plan, locations: dict[str, Path], sizes: dict[str, int], out: Path, max_shard: int) -> None:
-    """Stream the converted tensors into shards of at most `max_shard` bytes (one tensor in memory at a time)."""
+    """Write the converted tensors into shards of at most `max_shard` bytes, holding one shard in memory at a time."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -751,7 +751,7 @@ def _resolve(source: str | os.PathLike, revision: str | None, token: str | bool 
 def convert_internvl(
     source: str | os.PathLike,
     output: str | os.PathLike,
-    max_shard_size: int = _DEFAULT_MAX_SHARD_SIZE,
+    max_shard_size: int | str = "5GB",
     overwrite: bool = False,
     revision: str | None = None,
     token: str | bool | None = None,
@@ -771,8 +771,8 @@ def convert_internvl(
             downloaded; never its `*.py`).
         output (`str` or `os.PathLike`):
             The folder to write; it must not exist unless `overwrite`.
-        max_shard_size (`int`, *optional*, defaults to 5 GiB):
-            Largest safetensors shard, in bytes.
+        max_shard_size (`int` or `str`, *optional*, defaults to `"5GB"`):
+            Largest safetensors shard, in bytes or as `"5GB"`, `"500MB"`.
         overwrite (`bool`, *optional*, defaults to `False`):
             Replace an existing `output` folder (only once the conversion has succeeded).
         revision (`str`, *optional*):
@@ -796,6 +796,9 @@ def convert_internvl(
 
     ```
     """
+    from transformers.utils.hub import convert_file_size_to_int
+
+    max_shard_bytes = convert_file_size_to_int(max_shard_size)
     output = Path(output)
     if output.exists() and not overwrite:
         raise InternVLConversionError(f"{output} already exists (pass overwrite=True to replace it)")
@@ -819,7 +822,7 @@ def convert_internvl(
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.converting-", dir=output.parent))
     try:
-        _write_weights(plan, locations, sizes, staging, max_shard_size)
+        _write_weights(plan, locations, sizes, staging, max_shard_bytes)
         config.save_pretrained(staging)
         processor.save_pretrained(staging)
         _write_generation_config(source_dir, staging, tokenizer)
