@@ -494,6 +494,18 @@ def test_load_prm_on_the_converted_model(internlm2_checkpoint):
     # the yes_no head starts from the converted LM head's rows ([negative, positive] = [No, Yes])
     (no_id,), (yes_id,) = (processor.tokenizer(t, add_special_tokens=False).input_ids for t in ("No", "Yes"))
     torch.testing.assert_close(model.score.weight.data, weights["language_model.output.weight"][[no_id, yes_id]])
+    # the PRM scores a rollout with an image through the converted processor (2 tiles + thumbnail)
+    from PIL import Image
+
+    from bis_prm import score_steps
+
+    rollout = {"image": Image.new("RGB", (56, 28), "blue"), "question": "How many?", "steps": ["I count 3.", "So 3."]}
+    (scores,) = score_steps(model, processor, [rollout])
+    assert len(scores) == 2 and all(0.0 < score < 1.0 for score in scores)
+    # scoring it again alone in a batch with a text-only rollout gives the same numbers
+    text_only = {"question": "What is 3 + 4?", "steps": ["3 + 4 = 7."]}
+    batched = score_steps(model, processor, [rollout, text_only])
+    torch.testing.assert_close(torch.tensor(batched[0]), torch.tensor(scores), atol=1e-5, rtol=0)
 
 
 def test_sharded_output_is_streamed(internlm2_checkpoint):

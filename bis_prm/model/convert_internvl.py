@@ -550,6 +550,10 @@ def _sentencepiece_tokenizer(model_file: Path, tokenizer_config: dict, **kwargs)
         for index, token in (tokenizer_config.get("added_tokens_decoder") or {}).items()
         if isinstance(token, dict) and "content" in token
     }
+    added_file = model_file.parent / "added_tokens.json"
+    if added_file.is_file():  # tokenizers saved before transformers 4.34 list their added tokens only here
+        for content, index in json.loads(added_file.read_text(encoding="utf-8")).items():
+            added.setdefault(int(index), {"content": content, "special": True})
     vocab_scores = [("<unk>", 0.0), ("<s>", 0.0), ("</s>", 0.0)] + [(p.piece, p.score) for p in proto.pieces[3:]]
     for index in range(len(vocab_scores)):
         if index in added:
