@@ -409,7 +409,9 @@ def test_logits_equal_the_remote_definition(tmp_path, llm_arch, vision_6b, inter
     else:
         config, weights = write_remote_checkpoint(tmp_path / "remote", llm_arch, vision_6b=vision_6b)
         out = convert_internvl(tmp_path / "remote", tmp_path / "hf")
-    model = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32).eval()
+    model, info = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
+    assert not any(info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    model.eval()
     expected_arch = "llama" if llm_arch == "internlm2" else "qwen2"
     assert model.config.text_config.model_type == expected_arch
     vocab = config["llm_config"]["vocab_size"]
