@@ -113,6 +113,13 @@ def _remote_config(llm_arch: str, vocab_size: int, vision_6b: bool, **llm_extra)
             "max_window_layers": 2,
             "bos_token_id": 0,
             "eos_token_id": 0,
+            # the generic fields an old transformers wrote into every sub-config
+            "use_cache": False,
+            "temperature": 1.0,
+            "top_k": 50,
+            "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
+            "torchscript": False,
+            "use_bfloat16": True,
         }
     llm.update(
         hidden_size=TEXT["hidden_size"],

@@ -131,7 +131,8 @@ def _stock_text_config(llm: dict):
     from transformers import AutoConfig
 
     fields = {key: value for key, value in llm.items() if key not in _REMOTE_ONLY_FIELDS}
-    return AutoConfig.for_model(llm["model_type"], **{**fields, "tie_word_embeddings": False})
+    # InternVL's training configs switch the KV cache off; generation wants it (the PRM classes switch it off again)
+    return AutoConfig.for_model(llm["model_type"], **{**fields, "tie_word_embeddings": False, "use_cache": True})
 
 
 _TEXT_CONFIGS: dict[str, Callable[[dict], object]] = {
@@ -320,10 +321,9 @@ _STOCK_LM_RULES = [
 class _Plan:
     """Where every source tensor goes: converted names and how to compute them, checked against the model."""
 
-    def __init__(self, config, source_shapes: dict[str, tuple[int, ...]]):
+    def __init__(self, config, source_shapes: dict[str, tuple[int, ...]], internlm2: bool):
         self.config = config
         text = config.text_config
-        internlm2 = text.model_type == "llama" and any(".attention.wqkv." in key for key in source_shapes)
         self.rules = [(re.compile(pattern), target) for pattern, target in _VISION_RULES] + [
             (re.compile(pattern), target) for pattern, target in (_INTERNLM2_RULES if internlm2 else _STOCK_LM_RULES)
         ]
@@ -430,7 +430,7 @@ class _Plan:
                 packed[:, -1].reshape(kv_heads * head_dim, *rest),
             )
         for name, part in zip(names, parts, strict=True):
-            yield name, part.contiguous()
+            yield name, part.clone(memory_format=torch.contiguous_format)  # a tensor of its own, not a view
 
 
 def _shown(items: list[str], limit: int = 10) -> str:
@@ -819,7 +819,8 @@ def convert_internvl(
     )
     files = _safetensors_files(source_dir)
     shapes, locations, sizes = _read_shapes(files)
-    plan = _Plan(config, shapes)
+    internlm2 = remote["llm_config"]["architectures"][0] == "InternLM2ForCausalLM"
+    plan = _Plan(config, shapes, internlm2=internlm2)
     _grow_vocabulary(plan, config, len(tokenizer))
     processor = _processor(remote, config, tokenizer)
 
