@@ -29,7 +29,7 @@ IMAGE_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>"
 # ---- writing checkpoints in the remote layout ----
 
 
-def _sentencepiece_internlm2(path: Path) -> tuple[int, dict]:
+def _sentencepiece_internlm2(path: Path, add_dummy_prefix: bool = True) -> tuple[int, dict]:
     """An InternLM2-style tokenizer: a sentencepiece BPE `tokenizer.model` and a remote-code `tokenizer_config.json`
     whose added tokens (ChatML and the InternVL image tokens) follow the pieces. Returns (vocabulary size, config)."""
     import sentencepiece as spm
@@ -44,7 +44,7 @@ def _sentencepiece_internlm2(path: Path) -> tuple[int, dict]:
         byte_fallback=True,
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
-        add_dummy_prefix=True,
+        add_dummy_prefix=add_dummy_prefix,
         split_digits=True,
         unk_id=0,
         bos_id=1,
@@ -247,11 +247,13 @@ def _remote_weights(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     return w
 
 
-def write_remote_checkpoint(path: Path, llm_arch: str, vision_6b: bool = False, shards: int = 2, **llm_extra):
+def write_remote_checkpoint(
+    path: Path, llm_arch: str, vision_6b: bool = False, shards: int = 2, add_dummy_prefix: bool = True, **llm_extra
+):
     """A remote-code InternVL2.5 checkpoint folder (config.json, sharded safetensors, tokenizer files)."""
     path.mkdir(parents=True, exist_ok=True)
     if llm_arch == "internlm2":
-        vocab_size, _ = _sentencepiece_internlm2(path)
+        vocab_size, _ = _sentencepiece_internlm2(path, add_dummy_prefix)
     else:
         vocab_size = _qwen2_tokenizer(path)
     config = _remote_config(llm_arch, vocab_size, vision_6b, **llm_extra)
@@ -448,11 +450,17 @@ def test_logits_equal_the_remote_definition(tmp_path, llm_arch, vision_6b, inter
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_internlm2_tokenizer_matches_sentencepiece(internlm2_checkpoint):
+@pytest.mark.parametrize("add_dummy_prefix", [True, False])
+def test_internlm2_tokenizer_matches_sentencepiece(tmp_path, internlm2_checkpoint, add_dummy_prefix):
     """The fast tokenizer splits like InternLM2Tokenizer: sentencepiece on the text between special tokens."""
     import sentencepiece as spm
 
-    root, config, _, out = internlm2_checkpoint
+    if add_dummy_prefix:
+        root, _, _, out = internlm2_checkpoint
+    else:
+        root = tmp_path
+        write_remote_checkpoint(root / "remote", "internlm2", shards=1, add_dummy_prefix=False)
+        out = convert_internvl(root / "remote", root / "hf")
     sp = spm.SentencePieceProcessor(model_file=str(root / "remote" / "tokenizer.model"))
     added = {
         t["content"]: int(i)
