@@ -248,7 +248,13 @@ def _remote_weights(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def write_remote_checkpoint(
-    path: Path, llm_arch: str, vision_6b: bool = False, shards: int = 2, add_dummy_prefix: bool = True, **llm_extra
+    path: Path,
+    llm_arch: str,
+    vision_6b: bool = False,
+    shards: int = 2,
+    add_dummy_prefix: bool = True,
+    select_layer: int = -1,
+    **llm_extra,
 ):
     """A remote-code InternVL2.5 checkpoint folder (config.json, sharded safetensors, tokenizer files)."""
     path.mkdir(parents=True, exist_ok=True)
@@ -257,6 +263,7 @@ def write_remote_checkpoint(
     else:
         vocab_size = _qwen2_tokenizer(path)
     config = _remote_config(llm_arch, vocab_size, vision_6b, **llm_extra)
+    config["select_layer"] = select_layer
     (path / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     weights = _remote_weights(config)
     keys = sorted(weights)
@@ -370,6 +377,7 @@ def remote_extract_feature(config: dict, w: dict, pixel_values: torch.Tensor) ->
         [w["vision_model.embeddings.class_embedding"].expand(batch, 1, -1), patches.flatten(2).transpose(1, 2)], dim=1
     )
     x = x + w["vision_model.embeddings.position_embedding"]
+    states = [x]  # InternVisionEncoder's hidden_states: the embeddings, then every layer's output
     for i in range(vision["num_hidden_layers"]):
         p = f"vision_model.encoder.layers.{i}."
         h = norm(x, p + "norm1")
@@ -387,7 +395,8 @@ def remote_extract_feature(config: dict, w: dict, pixel_values: torch.Tensor) ->
         h = norm(x, p + "norm2")
         h = torch.nn.functional.gelu(h @ w[p + "mlp.fc1.weight"].T + w[p + "mlp.fc1.bias"])
         x = x + (h @ w[p + "mlp.fc2.weight"].T + w[p + "mlp.fc2.bias"]) * w[p + "ls2"]
-    x = x[:, 1:, :]
+        states.append(x)
+    x = states[config["select_layer"]][:, 1:, :]
     side = int(x.shape[1] ** 0.5)
     x = x.reshape(batch, side, side, -1)
     scale = config["downsample_ratio"]
@@ -416,7 +425,8 @@ def test_logits_equal_the_remote_definition(tmp_path, llm_arch, vision_6b, inter
     if llm_arch == "internlm2":
         _, config, weights, out = internlm2_checkpoint
     else:
-        config, weights = write_remote_checkpoint(tmp_path / "remote", llm_arch, vision_6b=vision_6b)
+        # InternViT-6B, and features from its last-but-one layer (`select_layer: -2`)
+        config, weights = write_remote_checkpoint(tmp_path / "remote", llm_arch, vision_6b=vision_6b, select_layer=-2)
         out = convert_internvl(tmp_path / "remote", tmp_path / "hf")
     model, info = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
     assert not any(info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
