@@ -601,3 +601,23 @@ def test_cli(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "not an InternVLChatModel" in error
     assert not (tmp_path / "other").exists()
+
+
+def test_a_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    write_remote_checkpoint(tmp_path / "remote", "qwen2", shards=1)
+    real_save_file, calls = safetensors.torch.save_file, []
+
+    def fail_on_the_second_shard(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise OSError("No space left on device")
+        return real_save_file(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fail_on_the_second_shard)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OSError, match="No space left"):
+        convert_internvl(tmp_path / "remote", tmp_path / "out" / "hf", max_shard_size="50KB")
+    assert len(calls) == 2  # the first shard was written, into the staging folder, then removed with it
+    assert list((tmp_path / "out").iterdir()) == []
