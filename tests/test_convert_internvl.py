@@ -19,263 +19,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from bis_prm import convert_internvl, load_prm
 from bis_prm.model.convert_internvl import InternVLConversionError
-from bis_prm.testing import tiny_tokenizer
-
-VISION = {"hidden_size": 32, "heads": 2, "intermediate": 64, "layers": 2, "image": 28, "patch": 7}
-TEXT = {"hidden_size": 64, "heads": 4, "kv_heads": 2, "intermediate": 96, "layers": 2}
-IMAGE_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
-
-
-# ---- writing checkpoints in the remote layout ----
-
-
-def _sentencepiece_internlm2(path: Path, add_dummy_prefix: bool = True) -> tuple[int, dict]:
-    """An InternLM2-style tokenizer: a sentencepiece BPE `tokenizer.model` and a remote-code `tokenizer_config.json`
-    whose added tokens (ChatML and the InternVL image tokens) follow the pieces. Returns (vocabulary size, config)."""
-    import sentencepiece as spm
-
-    from bis_prm.testing import _CORPUS
-
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_CORPUS * 5),
-        model_prefix=str(path / "tokenizer"),
-        model_type="bpe",
-        vocab_size=600,
-        byte_fallback=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=add_dummy_prefix,
-        split_digits=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        minloglevel=2,
-    )
-    pieces = spm.SentencePieceProcessor(model_file=str(path / "tokenizer.model")).get_piece_size()
-    added = {0: "<unk>", 1: "<s>", 2: "</s>"}
-    for offset, token in enumerate(["<|im_start|>", "<|im_end|>", *IMAGE_TOKENS]):
-        added[pieces + offset] = token
-    tokenizer_config = {
-        "tokenizer_class": "InternLM2Tokenizer",
-        "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "pad_token": "</s>",
-        "added_tokens_decoder": {
-            str(i): {
-                "content": t,
-                "lstrip": False,
-                "normalized": False,
-                "rstrip": False,
-                "single_word": False,
-                "special": True,
-            }
-            for i, t in added.items()
-        },
-    }
-    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config), encoding="utf-8")
-    return pieces + 2 + len(IMAGE_TOKENS), tokenizer_config
-
-
-def _qwen2_tokenizer(path: Path) -> int:
-    tokenizer = tiny_tokenizer("qwen2")
-    tokenizer.add_tokens(IMAGE_TOKENS, special_tokens=True)
-    tokenizer.save_pretrained(path)
-    return len(tokenizer) + 3  # the embeddings of InternVL's Qwen2 LMs have spare rows
-
-
-def _remote_config(llm_arch: str, vocab_size: int, vision_6b: bool, **llm_extra) -> dict:
-    if llm_arch == "internlm2":
-        llm = {
-            "architectures": ["InternLM2ForCausalLM"],
-            "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config"},
-            "model_type": "internlm2",
-            "bias": False,
-            "rms_norm_eps": 1e-5,
-            "rope_theta": 1000000,
-            "rope_scaling": {"type": "dynamic", "factor": 2.0},
-            "max_position_embeddings": 12,  # short, so the dynamic NTK scaling acts on the test's sequences
-            "attn_implementation": "flash_attention_2",
-            "pad_token_id": 2,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-        }
-    else:
-        llm = {
-            "architectures": ["Qwen2ForCausalLM"],
-            "model_type": "qwen2",
-            "rms_norm_eps": 1e-6,
-            "rope_theta": 1000000.0,
-            "max_position_embeddings": 32768,
-            "use_sliding_window": False,
-            "sliding_window": 32768,
-            "max_window_layers": 2,
-            "bos_token_id": 0,
-            "eos_token_id": 0,
-            # the generic fields an old transformers wrote into every sub-config
-            "use_cache": False,
-            "temperature": 1.0,
-            "top_k": 50,
-            "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
-            "torchscript": False,
-            "use_bfloat16": True,
-        }
-    llm.update(
-        hidden_size=TEXT["hidden_size"],
-        intermediate_size=TEXT["intermediate"],
-        num_hidden_layers=TEXT["layers"],
-        num_attention_heads=TEXT["heads"],
-        num_key_value_heads=TEXT["kv_heads"],
-        vocab_size=vocab_size,
-        hidden_act="silu",
-        tie_word_embeddings=False,
-        torch_dtype="float32",
-        transformers_version="4.37.2",
-        **llm_extra,
-    )
-    vision = {
-        "architectures": ["InternVisionModel"],
-        "model_type": "intern_vit_6b",
-        "hidden_size": VISION["hidden_size"],
-        "intermediate_size": VISION["intermediate"],
-        "num_hidden_layers": VISION["layers"],
-        "num_attention_heads": VISION["heads"],
-        "image_size": VISION["image"],
-        "patch_size": VISION["patch"],
-        "num_channels": 3,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-6,
-        "norm_type": "rms_norm" if vision_6b else "layer_norm",
-        "qk_normalization": vision_6b,
-        "qkv_bias": not vision_6b,
-        "initializer_factor": 0.1,
-        "use_flash_attn": True,
-        "drop_path_rate": 0.1,
-        "dropout": 0.0,
-        "attention_dropout": 0.0,
-    }
-    return {
-        "architectures": ["InternVLChatModel"],
-        "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig"},
-        "model_type": "internvl_chat",
-        "downsample_ratio": 0.5,
-        "dynamic_image_size": True,
-        "force_image_size": VISION["image"],
-        "max_dynamic_patch": 6,
-        "min_dynamic_patch": 1,
-        "ps_version": "v2",
-        "select_layer": -1,
-        "template": "internvl2_5",
-        "use_thumbnail": True,
-        "use_backbone_lora": 0,
-        "use_llm_lora": 0,
-        "torch_dtype": "float32",
-        "llm_config": llm,
-        "vision_config": vision,
-    }
-
-
-def _remote_weights(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights under the remote code's names and shapes (`InternVLChatModel.state_dict()`)."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=0.2, around=0.0):
-        return around + scale * torch.randn(*shape, generator=generator)
-
-    vision, llm = config["vision_config"], config["llm_config"]
-    v, vi = vision["hidden_size"], vision["intermediate_size"]
-    grid = vision["image_size"] // vision["patch_size"]
-    w = {
-        "vision_model.embeddings.class_embedding": rand(1, 1, v),
-        "vision_model.embeddings.patch_embedding.weight": rand(v, 3, vision["patch_size"], vision["patch_size"]),
-        "vision_model.embeddings.patch_embedding.bias": rand(v),
-        "vision_model.embeddings.position_embedding": rand(1, grid * grid + 1, v),
-    }
-    for i in range(vision["num_hidden_layers"]):
-        p = f"vision_model.encoder.layers.{i}."
-        w |= {p + "ls1": rand(v, around=0.5), p + "ls2": rand(v, around=0.5), p + "attn.qkv.weight": rand(3 * v, v)}
-        if vision["qkv_bias"]:
-            w[p + "attn.qkv.bias"] = rand(3 * v)
-        if vision["qk_normalization"]:
-            w |= {p + "attn.q_norm.weight": rand(v, around=1.0), p + "attn.k_norm.weight": rand(v, around=1.0)}
-        w |= {p + "attn.proj.weight": rand(v, v), p + "attn.proj.bias": rand(v)}
-        w |= {p + "mlp.fc1.weight": rand(vi, v), p + "mlp.fc1.bias": rand(vi)}
-        w |= {p + "mlp.fc2.weight": rand(v, vi), p + "mlp.fc2.bias": rand(v)}
-        for norm in ("norm1", "norm2"):
-            w[p + f"{norm}.weight"] = rand(v, around=1.0)
-            if vision["norm_type"] == "layer_norm":
-                w[p + f"{norm}.bias"] = rand(v)
-    h, hi = llm["hidden_size"], llm["intermediate_size"]
-    packed = v * int(1 / config["downsample_ratio"]) ** 2
-    w |= {"mlp1.0.weight": rand(packed, around=1.0), "mlp1.0.bias": rand(packed)}
-    w |= {
-        "mlp1.1.weight": rand(h, packed),
-        "mlp1.1.bias": rand(h),
-        "mlp1.3.weight": rand(h, h),
-        "mlp1.3.bias": rand(h),
-    }
-    heads, kv_heads = llm["num_attention_heads"], llm["num_key_value_heads"]
-    d = h // heads
-    vocab = llm["vocab_size"]
-    if llm["architectures"] == ["InternLM2ForCausalLM"]:
-        w |= {"language_model.model.tok_embeddings.weight": rand(vocab, h, scale=1.0)}
-        for i in range(llm["num_hidden_layers"]):
-            p = f"language_model.model.layers.{i}."
-            w[p + "attention.wqkv.weight"] = rand((heads + 2 * kv_heads) * d, h)
-            w[p + "attention.wo.weight"] = rand(h, heads * d)
-            if llm["bias"]:
-                w[p + "attention.wqkv.bias"] = rand((heads + 2 * kv_heads) * d)
-                w[p + "attention.wo.bias"] = rand(h)
-            w |= {p + "feed_forward.w1.weight": rand(hi, h), p + "feed_forward.w3.weight": rand(hi, h)}
-            w |= {p + "feed_forward.w2.weight": rand(h, hi)}
-            w |= {p + "attention_norm.weight": rand(h, around=1.0), p + "ffn_norm.weight": rand(h, around=1.0)}
-        w |= {"language_model.model.norm.weight": rand(h, around=1.0), "language_model.output.weight": rand(vocab, h)}
-    else:
-        w |= {"language_model.model.embed_tokens.weight": rand(vocab, h, scale=1.0)}
-        for i in range(llm["num_hidden_layers"]):
-            p = f"language_model.model.layers.{i}."
-            for name, rows in (("q", heads * d), ("k", kv_heads * d), ("v", kv_heads * d)):
-                w[p + f"self_attn.{name}_proj.weight"] = rand(rows, h)
-                w[p + f"self_attn.{name}_proj.bias"] = rand(rows)
-            w[p + "self_attn.o_proj.weight"] = rand(h, heads * d)
-            w |= {p + "mlp.gate_proj.weight": rand(hi, h), p + "mlp.up_proj.weight": rand(hi, h)}
-            w |= {p + "mlp.down_proj.weight": rand(h, hi)}
-            w |= {p + "input_layernorm.weight": rand(h, around=1.0)}
-            w |= {p + "post_attention_layernorm.weight": rand(h, around=1.0)}
-        w |= {"language_model.model.norm.weight": rand(h, around=1.0), "language_model.lm_head.weight": rand(vocab, h)}
-    return w
-
-
-def write_remote_checkpoint(
-    path: Path,
-    llm_arch: str,
-    vision_6b: bool = False,
-    shards: int = 2,
-    add_dummy_prefix: bool = True,
-    select_layer: int = -1,
-    **llm_extra,
-):
-    """A remote-code InternVL2.5 checkpoint folder (config.json, sharded safetensors, tokenizer files)."""
-    path.mkdir(parents=True, exist_ok=True)
-    if llm_arch == "internlm2":
-        vocab_size, _ = _sentencepiece_internlm2(path, add_dummy_prefix)
-    else:
-        vocab_size = _qwen2_tokenizer(path)
-    config = _remote_config(llm_arch, vocab_size, vision_6b, **llm_extra)
-    config["select_layer"] = select_layer
-    (path / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    weights = _remote_weights(config)
-    keys = sorted(weights)
-    weight_map = {}
-    for i in range(shards):
-        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = {key: weights[key] for key in keys[i::shards]}
-        save_file(part, path / name, metadata={"format": "pt"})
-        weight_map |= dict.fromkeys(part, name)
-    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}), encoding="utf-8")
-    return config, weights
-
+from bis_prm.testing import make_remote_internvl
 
 # ---- independent reference implementations, from the remote code's definitions ----
 
@@ -415,7 +159,7 @@ def remote_extract_feature(config: dict, w: dict, pixel_values: torch.Tensor) ->
 @pytest.fixture(scope="module")
 def internlm2_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("internlm2")
-    config, weights = write_remote_checkpoint(root / "remote", "internlm2")
+    config, weights = make_remote_internvl(root / "remote", llm="internlm2")
     out = convert_internvl(root / "remote", root / "hf", max_shard_size=200_000)
     return root, config, weights, out
 
@@ -426,7 +170,7 @@ def test_logits_equal_the_remote_definition(tmp_path, llm_arch, vision_6b, inter
         _, config, weights, out = internlm2_checkpoint
     else:
         # InternViT-6B, and features from its last-but-one layer (`select_layer: -2`)
-        config, weights = write_remote_checkpoint(tmp_path / "remote", llm_arch, vision_6b=vision_6b, select_layer=-2)
+        config, weights = make_remote_internvl(tmp_path / "remote", llm_arch, vision_6b=vision_6b, select_layer=-2)
         out = convert_internvl(tmp_path / "remote", tmp_path / "hf")
     model, info = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
     assert not any(info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
@@ -444,7 +188,8 @@ def test_logits_equal_the_remote_definition(tmp_path, llm_arch, vision_6b, inter
 
     # the vision path: InternViT + pixel shuffle + mlp1, then the image features in place of <IMG_CONTEXT>
     processor = AutoProcessor.from_pretrained(out)
-    pixel_values = torch.randn(3, 3, VISION["image"], VISION["image"], generator=torch.Generator().manual_seed(2))
+    side = config["force_image_size"]
+    pixel_values = torch.randn(3, 3, side, side, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         features = model.get_image_features(pixel_values=pixel_values).pooler_output
         expected_features = remote_extract_feature(config, weights, pixel_values)
@@ -469,7 +214,7 @@ def test_internlm2_tokenizer_matches_sentencepiece(tmp_path, internlm2_checkpoin
         root, _, _, out = internlm2_checkpoint
     else:
         root = tmp_path
-        write_remote_checkpoint(root / "remote", "internlm2", shards=1, add_dummy_prefix=False)
+        make_remote_internvl(root / "remote", llm="internlm2", shards=1, add_dummy_prefix=False)
         out = convert_internvl(root / "remote", root / "hf")
     sp = spm.SentencePieceProcessor(model_file=str(root / "remote" / "tokenizer.model"))
     added = {
@@ -548,7 +293,7 @@ def test_sharded_output_is_streamed(internlm2_checkpoint):
 
 
 def _broken(tmp_path: Path, change) -> Path:
-    config, weights = write_remote_checkpoint(tmp_path / "remote", "qwen2", shards=1)
+    config, weights = make_remote_internvl(tmp_path / "remote", "qwen2", shards=1)
     change(weights)
     (tmp_path / "remote" / "model.safetensors.index.json").unlink()
     for file in (tmp_path / "remote").glob("*.safetensors"):
@@ -578,7 +323,7 @@ def test_broken_checkpoint_is_refused_without_leaving_files(tmp_path, change, me
 
 
 def test_packed_wqkv_of_the_wrong_size_is_refused(tmp_path):
-    config, weights = write_remote_checkpoint(tmp_path / "remote", "internlm2", shards=1)
+    config, weights = make_remote_internvl(tmp_path / "remote", llm="internlm2", shards=1)
     config["llm_config"]["num_key_value_heads"] = 4  # the weights pack 2 key/value heads
     (tmp_path / "remote" / "config.json").write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(InternVLConversionError, match=r"attention.wqkv.weight has shape \[128, 64\]"):
@@ -589,7 +334,7 @@ def test_packed_wqkv_of_the_wrong_size_is_refused(tmp_path):
 def test_cli(tmp_path, capsys):
     from bis_prm.cli import main
 
-    write_remote_checkpoint(tmp_path / "remote", "qwen2", shards=1)
+    make_remote_internvl(tmp_path / "remote", "qwen2", shards=1)
     assert main(["convert-internvl", str(tmp_path / "remote"), str(tmp_path / "hf"), "--max-shard-size", "50KB"]) == 0
     assert "Converted" in capsys.readouterr().out
     assert len(json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())["weight_map"]) > 0
@@ -606,7 +351,7 @@ def test_cli(tmp_path, capsys):
 def test_a_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     import safetensors.torch
 
-    write_remote_checkpoint(tmp_path / "remote", "qwen2", shards=1)
+    make_remote_internvl(tmp_path / "remote", "qwen2", shards=1)
     real_save_file, calls = safetensors.torch.save_file, []
 
     def fail_on_the_second_shard(*args, **kwargs):
