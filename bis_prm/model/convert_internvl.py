@@ -13,12 +13,14 @@ converted to a `tokenizers` BPE with byte fallback) and the chat template the ch
 Every source tensor is checked before anything is written: a key the converter does not know, a tensor of the wrong
 shape or a weight the model needs but the checkpoint lacks stops the conversion with a message naming it. The weights
 are then read tensor by tensor (memory-mapped) and written shard by shard (`max_shard_size`, 5 GB by default) into a
-temporary folder next to the output, renamed to the output at the end: an 8B model needs about one shard of memory,
-not twice its size, and a failed conversion leaves no half-written folder behind.
+temporary folder next to the output, renamed to the output at the end: the private memory it needs stays below one
+shard (the tensors split out of `wqkv` / `qkv`; the rest are pages of the mapped files), not twice the model, and a
+failed conversion leaves no half-written folder behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,7 +33,7 @@ import torch
 
 __all__ = ["InternVLConversionError", "chat_template", "convert_internvl", "internvl_config"]
 
-# OpenAI CLIP / ImageNet statistics used by InternVL's `build_transform`
+# the ImageNet statistics of InternVL's `build_transform`
 _IMAGENET_MEAN = [0.485, 0.456, 0.406]
 _IMAGENET_STD = [0.229, 0.224, 0.225]
 _IMAGE_TOKENS = {
@@ -482,7 +484,7 @@ _DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
 
 
 def _write_weights(plan: _Plan, locations: dict[str, Path], sizes: dict[str, int], out: Path, max_shard: int) -> None:
-    """Write the converted tensors into shards of at most `max_shard` bytes, holding one shard in memory at a time."""
+    """Write the converted tensors into shards of at most `max_shard` bytes, one shard at a time."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -501,23 +503,17 @@ def _write_weights(plan: _Plan, locations: dict[str, Path], sizes: dict[str, int
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
     weight_map, total = {}, 0
-    handles: dict[Path, object] = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        handles = {file: stack.enter_context(safe_open(file, "pt")) for file in dict.fromkeys(locations.values())}
         for shard_keys, name in zip(shards, names, strict=True):
             tensors = {}
             for key in shard_keys:
-                file = locations[key]
-                if file not in handles:
-                    handles[file] = safe_open(file, "pt").__enter__()
-                for converted, tensor in plan.convert(key, handles[file].get_tensor(key)):
+                for converted, tensor in plan.convert(key, handles[locations[key]].get_tensor(key)):
                     tensors[converted] = tensor
                     weight_map[converted] = name
                     total += tensor.numel() * tensor.element_size()
             save_file(tensors, out / name, metadata={"format": "pt"})
             del tensors
-    finally:
-        for handle in handles.values():
-            handle.__exit__(None, None, None)
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
