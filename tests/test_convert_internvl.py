@@ -66,7 +66,7 @@ def remote_lm_logits(config: dict, w: dict, inputs_embeds: torch.Tensor) -> torc
         p = f"language_model.model.layers.{i}."
         h = rms_norm(x, w[p + ("attention_norm.weight" if internlm2 else "input_layernorm.weight")], eps)
         if internlm2:
-            qkv = h @ w[p + "attention.wqkv.weight"].T
+            qkv = h @ w[p + "attention.wqkv.weight"].T + w.get(p + "attention.wqkv.bias", 0)
             qkv = rearrange(qkv, "b q (h gs d) -> b q h gs d", gs=2 + groups, d=head_dim)
             q = rearrange(qkv[..., :groups, :], "b q h gs d -> b q (h gs) d")
             k, v = qkv[..., -2, :], qkv[..., -1, :]
@@ -83,6 +83,7 @@ def remote_lm_logits(config: dict, w: dict, inputs_embeds: torch.Tensor) -> torc
         attention = torch.softmax(q @ k.transpose(2, 3) / math.sqrt(head_dim) + causal, dim=-1) @ v
         attention = attention.transpose(1, 2).reshape(batch, seq, heads * head_dim)
         x = x + attention @ w[p + ("attention.wo.weight" if internlm2 else "self_attn.o_proj.weight")].T
+        x = x + w.get(p + "attention.wo.bias", 0)
         h = rms_norm(x, w[p + ("ffn_norm.weight" if internlm2 else "post_attention_layernorm.weight")], eps)
         if internlm2:
             gate, up, down = (w[p + f"feed_forward.{n}.weight"] for n in ("w1", "w3", "w2"))
@@ -164,10 +165,18 @@ def internlm2_checkpoint(tmp_path_factory):
     return root, config, weights, out
 
 
-@pytest.mark.parametrize("llm_arch,vision_6b", [("internlm2", False), ("qwen2", True)])
+@pytest.mark.parametrize(
+    "llm_arch,vision_6b", [("internlm2", False), ("internlm2_bias_linear_rope", False), ("qwen2", True)]
+)
 def test_logits_equal_the_remote_definition(tmp_path, llm_arch, vision_6b, internlm2_checkpoint):
     if llm_arch == "internlm2":
         _, config, weights, out = internlm2_checkpoint
+    elif llm_arch == "internlm2_bias_linear_rope":
+        # InternLM2's `bias` (on wqkv, unpacked like its weight, and wo) and linear rotary scaling
+        config, weights = make_remote_internvl(
+            tmp_path / "remote", llm="internlm2", shards=1, bias=True, rope_scaling={"type": "linear", "factor": 2.0}
+        )
+        out = convert_internvl(tmp_path / "remote", tmp_path / "hf")
     else:
         # InternViT-6B, and features from its last-but-one layer (`select_layer: -2`)
         config, weights = make_remote_internvl(tmp_path / "remote", llm_arch, vision_6b=vision_6b, select_layer=-2)
@@ -175,7 +184,7 @@ def test_logits_equal_the_remote_definition(tmp_path, llm_arch, vision_6b, inter
     model, info = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
     assert not any(info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     model.eval()
-    expected_arch = "llama" if llm_arch == "internlm2" else "qwen2"
+    expected_arch = "qwen2" if llm_arch == "qwen2" else "llama"
     assert model.config.text_config.model_type == expected_arch
     vocab = config["llm_config"]["vocab_size"]
 
