@@ -375,3 +375,23 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
         convert_internvl(tmp_path / "remote", tmp_path / "out" / "hf", max_shard_size="50KB")
     assert len(calls) == 2  # the first shard was written, into the staging folder, then removed with it
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_prm_trainer_trains_the_converted_model(tmp_path, internlm2_checkpoint):
+    from bis_prm import PRMTrainer
+    from tests.utils import prm_dataset, tiny_config, write_images
+
+    _, _, weights, out = internlm2_checkpoint
+    trainer = PRMTrainer(
+        str(out),
+        args=tiny_config(tmp_path / "run", max_steps=2, head="yes_no"),
+        train_dataset=prm_dataset(write_images(tmp_path / "images"), num_rows=4),
+    )
+    before = trainer.model.score.weight.detach().clone()
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    assert not torch.equal(trainer.model.score.weight.detach(), before)
+    # the vision tower is frozen by default, so it is exactly the converted InternViT
+    embedding = trainer.model.model.vision_tower.embeddings.cls_token.detach()
+    torch.testing.assert_close(embedding, weights["vision_model.embeddings.class_embedding"], atol=0, rtol=0)
