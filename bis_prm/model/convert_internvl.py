@@ -30,8 +30,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from transformers.utils import logging
 
 __all__ = ["InternVLConversionError", "chat_template", "convert_internvl", "internvl_config"]
+
+logger = logging.get_logger(__name__)
 
 # the ImageNet statistics of InternVL's `build_transform`
 _IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -210,6 +213,12 @@ def internvl_config(remote: dict, image_token_id: int):
     ratio = remote.get("downsample_ratio", 0.5)
     if abs(int(1 / ratio) * ratio - 1) > 1e-9:
         raise InternVLConversionError(f"config.json: downsample_ratio {ratio} is not 1/n")
+    if vision.get("qk_normalization") and vision.get("layer_norm_eps", 1e-6) != 1e-6:
+        # InternVLVisionAttention builds its q/k norms with eps 1e-6 whatever `layer_norm_eps` says
+        logger.warning(
+            f"vision_config.layer_norm_eps is {vision['layer_norm_eps']}: InternViT's q/k norms use it, "
+            "transformers' use 1e-6, so the converted vision tower differs slightly"
+        )
     vision_config = InternVLVisionConfig(
         hidden_size=vision["hidden_size"],
         intermediate_size=vision["intermediate_size"],
