@@ -42,6 +42,7 @@ _EXPORTS = {
     "LlavaForTokenClassification": "bis_prm.model.modeling_prm",
     "add_step_token": "bis_prm.model.modeling_prm",
     "load_prm": "bis_prm.model.modeling_prm",
+    "convert_internvl": "bis_prm.model.convert_internvl",
     "prm_lora_config": "bis_prm.model.modeling_prm",
     "prm_loss": "bis_prm.model.modeling_prm",
     "PRMCollator": "bis_prm.model.processing_prm",

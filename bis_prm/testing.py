@@ -25,6 +25,7 @@ __all__ = [
     "TINY_TEXT_ARCHITECTURES",
     "VISUALPROCESSBENCH_SOURCES",
     "make_corpus",
+    "make_remote_internvl",
     "make_tiny_lm",
     "make_tiny_vlm",
     "tiny_tokenizer",
@@ -436,6 +437,319 @@ def make_tiny_lm(arch: str, path: str | os.PathLike, seed: int = 0, chat_templat
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# ---- a checkpoint in the remote-code layout of InternVL2.5 (the input of `convert_internvl`) ----
+
+_REMOTE_VISION = {"hidden_size": 32, "heads": 2, "intermediate": 64, "layers": 2, "image": 28, "patch": 7}
+_REMOTE_TEXT = {"hidden_size": 64, "heads": 4, "kv_heads": 2, "intermediate": 96, "layers": 2}
+_INTERNVL_IMAGE_TOKENS = [
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
+    "<quad>",
+    "</quad>",
+    "<ref>",
+    "</ref>",
+    "<box>",
+    "</box>",
+]
+
+
+def _sentencepiece_internlm2(path: Path, add_dummy_prefix: bool = True) -> tuple[int, dict]:
+    """An InternLM2-style tokenizer: a sentencepiece BPE `tokenizer.model` and a remote-code `tokenizer_config.json`
+    whose added tokens (ChatML and the InternVL image tokens) follow the pieces. Returns (vocabulary size, config)."""
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS * 5),
+        model_prefix=str(path / "tokenizer"),
+        model_type="bpe",
+        vocab_size=600,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=add_dummy_prefix,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    pieces = spm.SentencePieceProcessor(model_file=str(path / "tokenizer.model")).get_piece_size()
+    added = {0: "<unk>", 1: "<s>", 2: "</s>"}
+    for offset, token in enumerate(["<|im_start|>", "<|im_end|>", *_INTERNVL_IMAGE_TOKENS]):
+        added[pieces + offset] = token
+    tokenizer_config = {
+        "tokenizer_class": "InternLM2Tokenizer",
+        "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "pad_token": "</s>",
+        "added_tokens_decoder": {
+            str(i): {
+                "content": t,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
+            }
+            for i, t in added.items()
+        },
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config), encoding="utf-8")
+    return pieces + 2 + len(_INTERNVL_IMAGE_TOKENS), tokenizer_config
+
+
+def _qwen2_tokenizer(path: Path) -> int:
+    tokenizer = tiny_tokenizer("qwen2")
+    tokenizer.add_tokens(_INTERNVL_IMAGE_TOKENS, special_tokens=True)
+    tokenizer.save_pretrained(path)
+    return len(tokenizer) + 3  # the embeddings of InternVL's Qwen2 LMs have spare rows
+
+
+def _remote_config(
+    llm_arch: str, vocab_size: int, vision_6b: bool, text_shape: dict, vision_shape: dict, **llm_extra
+) -> dict:
+    if llm_arch == "internlm2":
+        llm = {
+            "architectures": ["InternLM2ForCausalLM"],
+            "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config"},
+            "model_type": "internlm2",
+            "bias": False,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 1000000,
+            "rope_scaling": {"type": "dynamic", "factor": 2.0},
+            "max_position_embeddings": 12,  # short, so the dynamic NTK scaling acts on the test's sequences
+            "attn_implementation": "flash_attention_2",
+            "pad_token_id": 2,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        }
+    else:
+        llm = {
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "max_position_embeddings": 32768,
+            "use_sliding_window": False,
+            "sliding_window": 32768,
+            "max_window_layers": 2,
+            "bos_token_id": 0,
+            "eos_token_id": 0,
+            # the generic fields an old transformers wrote into every sub-config
+            "use_cache": False,
+            "temperature": 1.0,
+            "top_k": 50,
+            "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
+            "torchscript": False,
+            "use_bfloat16": True,
+        }
+    llm.update(
+        hidden_size=text_shape["hidden_size"],
+        intermediate_size=text_shape["intermediate"],
+        num_hidden_layers=text_shape["layers"],
+        num_attention_heads=text_shape["heads"],
+        num_key_value_heads=text_shape["kv_heads"],
+        vocab_size=vocab_size,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        transformers_version="4.37.2",
+        **llm_extra,
+    )
+    vision = {
+        "architectures": ["InternVisionModel"],
+        "model_type": "intern_vit_6b",
+        "hidden_size": vision_shape["hidden_size"],
+        "intermediate_size": vision_shape["intermediate"],
+        "num_hidden_layers": vision_shape["layers"],
+        "num_attention_heads": vision_shape["heads"],
+        "image_size": vision_shape["image"],
+        "patch_size": vision_shape["patch"],
+        "num_channels": 3,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-6,
+        "norm_type": "rms_norm" if vision_6b else "layer_norm",
+        "qk_normalization": vision_6b,
+        "qkv_bias": not vision_6b,
+        "initializer_factor": 0.1,
+        "use_flash_attn": True,
+        "drop_path_rate": 0.1,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+    }
+    return {
+        "architectures": ["InternVLChatModel"],
+        "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig"},
+        "model_type": "internvl_chat",
+        "downsample_ratio": 0.5,
+        "dynamic_image_size": True,
+        "force_image_size": vision_shape["image"],
+        "max_dynamic_patch": 6,
+        "min_dynamic_patch": 1,
+        "ps_version": "v2",
+        "select_layer": -1,
+        "template": "internvl2_5",
+        "use_thumbnail": True,
+        "use_backbone_lora": 0,
+        "use_llm_lora": 0,
+        "llm_config": llm,
+        "vision_config": vision,
+    }
+
+
+def _remote_weights(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights under the remote code's names and shapes (`InternVLChatModel.state_dict()`)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.2, around=0.0):
+        return around + scale * torch.randn(*shape, generator=generator)
+
+    vision, llm = config["vision_config"], config["llm_config"]
+    v, vi = vision["hidden_size"], vision["intermediate_size"]
+    grid = vision["image_size"] // vision["patch_size"]
+    w = {
+        "vision_model.embeddings.class_embedding": rand(1, 1, v),
+        "vision_model.embeddings.patch_embedding.weight": rand(v, 3, vision["patch_size"], vision["patch_size"]),
+        "vision_model.embeddings.patch_embedding.bias": rand(v),
+        "vision_model.embeddings.position_embedding": rand(1, grid * grid + 1, v),
+    }
+    for i in range(vision["num_hidden_layers"]):
+        p = f"vision_model.encoder.layers.{i}."
+        w |= {p + "ls1": rand(v, around=0.5), p + "ls2": rand(v, around=0.5), p + "attn.qkv.weight": rand(3 * v, v)}
+        if vision["qkv_bias"]:
+            w[p + "attn.qkv.bias"] = rand(3 * v)
+        if vision["qk_normalization"]:
+            w |= {p + "attn.q_norm.weight": rand(v, around=1.0), p + "attn.k_norm.weight": rand(v, around=1.0)}
+        w |= {p + "attn.proj.weight": rand(v, v), p + "attn.proj.bias": rand(v)}
+        w |= {p + "mlp.fc1.weight": rand(vi, v), p + "mlp.fc1.bias": rand(vi)}
+        w |= {p + "mlp.fc2.weight": rand(v, vi), p + "mlp.fc2.bias": rand(v)}
+        for norm in ("norm1", "norm2"):
+            w[p + f"{norm}.weight"] = rand(v, around=1.0)
+            if vision["norm_type"] == "layer_norm":
+                w[p + f"{norm}.bias"] = rand(v)
+    h, hi = llm["hidden_size"], llm["intermediate_size"]
+    packed = v * int(1 / config["downsample_ratio"]) ** 2
+    w |= {"mlp1.0.weight": rand(packed, around=1.0), "mlp1.0.bias": rand(packed)}
+    w |= {
+        "mlp1.1.weight": rand(h, packed),
+        "mlp1.1.bias": rand(h),
+        "mlp1.3.weight": rand(h, h),
+        "mlp1.3.bias": rand(h),
+    }
+    heads, kv_heads = llm["num_attention_heads"], llm["num_key_value_heads"]
+    d = h // heads
+    vocab = llm["vocab_size"]
+    if llm["architectures"] == ["InternLM2ForCausalLM"]:
+        w |= {"language_model.model.tok_embeddings.weight": rand(vocab, h, scale=1.0)}
+        for i in range(llm["num_hidden_layers"]):
+            p = f"language_model.model.layers.{i}."
+            w[p + "attention.wqkv.weight"] = rand((heads + 2 * kv_heads) * d, h)
+            w[p + "attention.wo.weight"] = rand(h, heads * d)
+            if llm["bias"]:
+                w[p + "attention.wqkv.bias"] = rand((heads + 2 * kv_heads) * d)
+                w[p + "attention.wo.bias"] = rand(h)
+            w |= {p + "feed_forward.w1.weight": rand(hi, h), p + "feed_forward.w3.weight": rand(hi, h)}
+            w |= {p + "feed_forward.w2.weight": rand(h, hi)}
+            w |= {p + "attention_norm.weight": rand(h, around=1.0), p + "ffn_norm.weight": rand(h, around=1.0)}
+        w |= {"language_model.model.norm.weight": rand(h, around=1.0), "language_model.output.weight": rand(vocab, h)}
+    else:
+        w |= {"language_model.model.embed_tokens.weight": rand(vocab, h, scale=1.0)}
+        for i in range(llm["num_hidden_layers"]):
+            p = f"language_model.model.layers.{i}."
+            for name, rows in (("q", heads * d), ("k", kv_heads * d), ("v", kv_heads * d)):
+                w[p + f"self_attn.{name}_proj.weight"] = rand(rows, h)
+                w[p + f"self_attn.{name}_proj.bias"] = rand(rows)
+            w[p + "self_attn.o_proj.weight"] = rand(h, heads * d)
+            w |= {p + "mlp.gate_proj.weight": rand(hi, h), p + "mlp.up_proj.weight": rand(hi, h)}
+            w |= {p + "mlp.down_proj.weight": rand(h, hi)}
+            w |= {p + "input_layernorm.weight": rand(h, around=1.0)}
+            w |= {p + "post_attention_layernorm.weight": rand(h, around=1.0)}
+        w |= {"language_model.model.norm.weight": rand(h, around=1.0), "language_model.lm_head.weight": rand(vocab, h)}
+    return w
+
+
+def make_remote_internvl(
+    path: str | os.PathLike,
+    llm: str = "internlm2",
+    vision_6b: bool = False,
+    shards: int = 2,
+    add_dummy_prefix: bool = True,
+    select_layer: int = -1,
+    text: dict | None = None,
+    vision: dict | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    **llm_extra,
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """
+    Write a random checkpoint in the remote-code layout of InternVL2.5 (`InternVLChatModel`: its `config.json`
+    fields, key names and shapes, sharded safetensors) with its tokenizer files, the input of `convert_internvl`.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            Output directory (created if needed).
+        llm (`str`, *optional*, defaults to `"internlm2"`):
+            `"internlm2"` (a packed `wqkv`, a sentencepiece `tokenizer.model` read by the remote `InternLM2Tokenizer`;
+            needs `sentencepiece`) or `"qwen2"` (a fast tokenizer).
+        vision_6b (`bool`, *optional*, defaults to `False`):
+            An InternViT-6B-style tower (RMS norm, q/k norm, no qkv bias) instead of InternViT-300M (layer norm).
+        shards (`int`, *optional*, defaults to `2`):
+            Number of safetensors files.
+        add_dummy_prefix (`bool`, *optional*, defaults to `True`):
+            The sentencepiece model's dummy prefix (InternLM2 only).
+        select_layer (`int`, *optional*, defaults to `-1`):
+            The vision layer whose features feed the projector.
+        text (`dict`, *optional*), vision (`dict`, *optional*):
+            Shape overrides: `hidden_size`, `heads`, `kv_heads`, `intermediate`, `layers` (text); `hidden_size`,
+            `heads`, `intermediate`, `layers`, `image`, `patch` (vision).
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`):
+            Weights dtype.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the random weights.
+        **llm_extra:
+            Extra `llm_config` fields.
+
+    Returns:
+        `tuple`: the `config.json` contents and the weights, by their remote names.
+
+    Example:
+
+    ```python
+    >>> config, weights = make_remote_internvl("/tmp/remote-internvl", llm="internlm2")  # doctest: +SKIP
+    >>> "language_model.model.layers.0.attention.wqkv.weight" in weights  # doctest: +SKIP
+    True
+
+    ```
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if llm == "internlm2":
+        vocab_size, _ = _sentencepiece_internlm2(path, add_dummy_prefix)
+    elif llm == "qwen2":
+        vocab_size = _qwen2_tokenizer(path)
+    else:
+        raise ValueError(f"Unknown remote InternVL language model {llm!r}; choose 'internlm2' or 'qwen2'.")
+    text, vision = {**_REMOTE_TEXT, **(text or {})}, {**_REMOTE_VISION, **(vision or {})}
+    config = _remote_config(llm, vocab_size, vision_6b, text, vision, **llm_extra)
+    config["select_layer"] = select_layer
+    config["torch_dtype"] = config["llm_config"]["torch_dtype"] = str(dtype).removeprefix("torch.")
+    (path / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    weights = {key: tensor.to(dtype) for key, tensor in _remote_weights(config, seed).items()}
+    keys = sorted(weights)
+    weight_map = {}
+    for i in range(shards):
+        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {key: weights[key] for key in keys[i::shards]}
+        save_file(part, path / name, metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(part, name)
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}), encoding="utf-8")
+    return config, weights
 
 
 # ---- a synthetic corpus in the VisualPRM400K-Raw layout ----

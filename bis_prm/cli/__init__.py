@@ -36,6 +36,10 @@ COMMANDS = {
         "bis_prm.cli.make_tiny_vlm",
         "Write a tiny random text LM checkpoint (offline), the base of a text PRM, for tests and demos.",
     ),
+    "convert-internvl": (
+        "bis_prm.cli.convert_internvl",
+        "Convert a remote-code InternVL2/2.5 checkpoint (InternVL2.5-8B, VisualPRM-8B) to transformers' layout.",
+    ),
     "publish-metric": ("bis_prm.cli.publish_metric", "Publish the visualprocessbench metric as a Hub Space."),
     "quickstart": ("bis_prm.cli.quickstart", "Run selection -> training -> evaluation on the embedded sample."),
 }
