@@ -68,6 +68,9 @@ _EXPORTS = {
     "EvalConfig": "bis_prm.evaluation.runner",
     "evaluate_prm": "bis_prm.evaluation.runner",
     "best_of_n": "bis_prm.evaluation.best_of_n",
+    # serving: bis-prm serve and its client
+    "RemoteScorer": "bis_prm.serving.client",
+    "BatchingEngine": "bis_prm.serving.engine",
 }
 
 __all__ = ["__version__", *_EXPORTS]
