@@ -110,7 +110,8 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
     if any(problem.get("type") == "json_invalid" for problem in problems):
         detail = next(problem for problem in problems if problem.get("type") == "json_invalid")
         where = detail.get("loc", ())[-1] if len(detail.get("loc", ())) > 1 else "?"
-        message = f"The body is not valid JSON (at character {where}): {detail.get('ctx', {}).get('error', detail.get('msg'))}"
+        reason = detail.get("ctx", {}).get("error", detail.get("msg"))
+        message = f"The body is not valid JSON (at character {where}): {reason}"
         return JSONResponse(_error_body(message, "invalid_json", 400), status_code=400)
     fields = [_field(problem.get("loc", ())) for problem in problems]
     message = "; ".join(f"{name}: {problem.get('msg')}" for name, problem in zip(fields, problems, strict=True))

@@ -93,8 +93,9 @@ class RemoteScorer:
 
     ```python
     >>> scorer = RemoteScorer("http://127.0.0.1:8000", api_key="secret")  # doctest: +SKIP
-    >>> scorer.score_rows([{"question": "1+1?", "steps": ["1+1=2.", "So 2."]}, {"question": "?", "steps": []}])  # doctest: +SKIP
-    [[0.91, 0.88], ExampleError('Rollout has no steps.')]
+    >>> rows = [{"question": "1+1?", "steps": ["1+1=2.", "So 2."]}, {"question": "?", "steps": []}]
+    >>> scorer.score_rows(rows)  # doctest: +SKIP
+    [[0.91, 0.88], ExampleError('The rollout has no step to score.')]
 
     ```
     """

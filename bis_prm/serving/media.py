@@ -21,7 +21,7 @@ from bis_prm.data.images import MAX_IMAGE_PIXELS, ImageProblem, open_image, reso
 __all__ = ["MediaError", "load_request_image", "to_data_url"]
 
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
-_IN_MEMORY = re.compile(r"image '<_io\.BytesIO object at 0x[0-9a-f]+>'")
+_IN_MEMORY = re.compile(r"(image ')?<_io\.BytesIO object at 0x[0-9a-f]+>'?")
 
 
 class MediaError(ValueError):
@@ -51,7 +51,7 @@ def load_request_image(
     >>> load_request_image("/etc/passwd")
     Traceback (most recent call last):
     ...
-    bis_prm.serving.media.MediaError: image paths are not allowed: this server was started without --allowed-local-media-path; send the image as a data:image/...;base64 URL
+    bis_prm.serving.media.MediaError: image paths are not allowed: ...
 
     ```
     """
@@ -75,7 +75,8 @@ def load_request_image(
         return open_image(resolve_image(value, allowed_local_media_path, contained=True), max_pixels)
     except ImageProblem as problem:
         reason = "image_not_allowed" if problem.reason == "image_outside_root" else problem.reason
-        raise MediaError(reason, _IN_MEMORY.sub("the data URL's image", str(problem))) from None
+        message = _IN_MEMORY.sub(lambda match: "the data URL's image" if match.group(1) else "it", str(problem))
+        raise MediaError(reason, message) from None
 
 
 def to_data_url(image: Image.Image | str | os.PathLike) -> str:

@@ -83,7 +83,8 @@ class ServingStepScores:
 
     ```python
     >>> serving = ServingStepScores(engine, RewardConfig())  # doctest: +SKIP
-    >>> await serving.score_steps(ScoreStepsRequest(rows=[{"question": "1+1?", "steps": ["1+1=2."]}]))  # doctest: +SKIP
+    >>> request = ScoreStepsRequest(rows=[{"question": "1+1?", "steps": ["1+1=2."]}])
+    >>> await serving.score_steps(request)  # doctest: +SKIP
     ScoreStepsResponse(scores=[[0.93]], errors=[None])
 
     ```

@@ -56,7 +56,8 @@ def compute_score(
     Example:
 
     ```python
-    >>> compute_score("gsm8k", "2 + 2 = 4.\\n\\nSo 4.", "4", {"question": "2 + 2?"}, url="http://127.0.0.1:8000")  # doctest: +SKIP
+    >>> url = "http://127.0.0.1:8000"
+    >>> compute_score("gsm8k", "2 + 2 = 4.\\n\\nSo 4.", "4", {"question": "2 + 2?"}, url=url)  # doctest: +SKIP
     {'score': 0.87, 'prm_num_steps': 2.0, 'prm_unscorable': 0.0}
 
     ```
@@ -81,7 +82,8 @@ async def compute_score_async(
     Example:
 
     ```python
-    >>> await compute_score_async("gsm8k", "So 4.", "4", {"question": "2 + 2?"}, url="http://127.0.0.1:8000")  # doctest: +SKIP
+    >>> url = "http://127.0.0.1:8000"
+    >>> await compute_score_async("gsm8k", "So 4.", "4", {"question": "2 + 2?"}, url=url)  # doctest: +SKIP
     {'score': 0.87, 'prm_num_steps': 1.0, 'prm_unscorable': 0.0}
 
     ```
