@@ -2,7 +2,7 @@
 
 Two `bis-prm serve` processes on 127.0.0.1 serve the same tiny random text PRM, one after the other: the batched
 server (`--max-batch-size 32`) and the baseline (`--max-batch-size 1`: every row is its own model call, what a
-server without batching does). N clients (asyncio, one `httpx` connection pool) each send OpenRLHF-shaped
+server without batching does). N clients (asyncio and aiohttp, as OpenRLHF's) each send OpenRLHF-shaped
 `/get_reward` requests of one query, as OpenRLHF does, one after the other, until the request count or the time
 limit is reached. The script prints throughput, p50/p99 latency per server and the throughput ratio, and fails if
 any request was lost, refused or answered with a row error. Goal: >= 4x at 32 concurrent clients.
@@ -88,23 +88,26 @@ def start_server(prm: Path, max_batch_size: int, port: int) -> subprocess.Popen:
 
 
 async def load(url: str, requests: list[dict], clients: int, time_limit: float) -> dict:
-    """`clients` concurrent clients sending `requests` in order; stops taking new ones after `time_limit` s."""
+    """`clients` concurrent clients sending `requests` in order; stops taking new ones after `time_limit` s. The
+    client is aiohttp, as OpenRLHF's (`openrlhf/utils/agent.py`)."""
+    import aiohttp
+
     queue = list(reversed(requests))
     latencies, failures = [], []
     started = time.perf_counter()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    timeout = aiohttp.ClientTimeout(total=180)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients), timeout=timeout) as session:
 
         async def one_client():
             while queue and time.perf_counter() - started < time_limit:
                 body = queue.pop()
                 sent = time.perf_counter()
                 try:
-                    response = await client.post(url + "/get_reward", json=body)
-                    answer = response.json()
-                    if response.status_code != 200 or answer["errors"] != [None]:
-                        failures.append(f"{response.status_code}: {answer}")
-                except (httpx.HTTPError, ValueError) as error:
+                    async with session.post(url + "/get_reward", json=body) as response:
+                        answer = await response.json()
+                        if response.status != 200 or answer["errors"] != [None]:
+                            failures.append(f"{response.status}: {answer}")
+                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
                     failures.append(repr(error))
                 latencies.append(time.perf_counter() - sent)
 

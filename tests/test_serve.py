@@ -29,7 +29,7 @@ from bis_prm.model.modeling_prm import load_prm
 from bis_prm.model.processing_prm import ExampleError
 from bis_prm.serving.api_server import build_app
 from bis_prm.serving.client import RemoteScorer, RemoteScorerError
-from bis_prm.serving.engine import BatchingConfig, BatchingEngine
+from bis_prm.serving.engine import BatchingEngine
 from bis_prm.serving.media import MediaError, load_request_image, to_data_url
 from bis_prm.serving.protocol import RewardRequest, ScoreStepsRequest
 from bis_prm.serving.serving_reward import RewardConfig, ServingReward, ServingStepScores
@@ -107,7 +107,7 @@ def _post_or_refused(url: str, body) -> tuple[int | None, dict | None]:
 
 @pytest.fixture(scope="module")
 def served(scorer):
-    engine = BatchingEngine([scorer], BatchingConfig(16, 16384), scorer.lengths)
+    engine = BatchingEngine([scorer], max_batch_size=16)
     server = _Served(engine, RewardConfig(aggregation="min"), api_key=API_KEY, max_request_bytes=4096)
     yield server
     server.stop()
@@ -176,7 +176,7 @@ def test_32_concurrent_clients_equal_sequential_scoring_in_batches(scorer):
         for i in range(32)
     ]
     held = _HeldBackend(scorer, lambda: engine.stats.requests_accepted >= 32)
-    engine = BatchingEngine([held], BatchingConfig(16, 16384), scorer.lengths)
+    engine = BatchingEngine([held], max_batch_size=16)
     server = _Served(engine, api_key=None)
     try:
         with ThreadPoolExecutor(32) as pool:
@@ -271,7 +271,7 @@ def test_verl_compute_score_sync_and_async(served, scorer, monkeypatch):
 
 def test_graceful_shutdown_finishes_every_accepted_request():
     backend = _SlowBackend(seconds=0.3)
-    engine = BatchingEngine([backend], BatchingConfig(max_batch_size=2))
+    engine = BatchingEngine([backend], max_batch_size=2)
     server = _Served(engine)
     rows = [{"question": f"q{i}", "steps": ["a" * (i + 1), "b"]} for i in range(6)]
     with ThreadPoolExecutor(6) as pool:
@@ -309,7 +309,7 @@ class _SlowBackend:
 
 def test_engine_spreads_rows_across_replicas_and_keeps_order():
     replicas = [_SlowBackend(0.05), _SlowBackend(0.05)]
-    engine = BatchingEngine(replicas, BatchingConfig(max_batch_size=3))
+    engine = BatchingEngine(replicas, max_batch_size=3)
     requests = [[{"question": f"r{r}-{i}", "steps": ["x" * (r + i + 1)]} for i in range(r % 3 + 1)] for r in range(12)]
 
     async def serve_all():
@@ -325,31 +325,37 @@ def test_engine_spreads_rows_across_replicas_and_keeps_order():
     assert engine.stats.calls_per_backend == [len(replica.calls) for replica in replicas]
 
 
-def test_engine_token_budget_and_a_failing_backend():
+def test_engine_caps_calls_and_survives_a_failing_backend():
     class Failing:
         def score_rows(self, rows):
             raise RuntimeError("CUDA out of memory")
 
-    engine = BatchingEngine([_SlowBackend(0.0)], BatchingConfig(max_batch_size=8, max_batch_tokens=10), len_of)
-    failing = BatchingEngine([Failing()])
+    class Short:  # a broken backend that loses a row must not hand out wrong scores
+        def score_rows(self, rows):
+            return [[0.5]] * (len(rows) - 1)
+
+    engines = [BatchingEngine([_SlowBackend(0.0)], max_batch_size=2), BatchingEngine([Failing()])]
+    engines.append(BatchingEngine([Short()]))
 
     async def run():
-        await engine.start()
-        await failing.start()
-        answer = await engine.score([{"question": "q", "steps": ["a" * n]} for n in (4, 4, 3, 9)])
-        broken = await failing.score([{"question": "q", "steps": ["a"]}])
-        await engine.close()
-        await failing.close()
-        return answer, broken
+        for engine in engines:
+            await engine.start()
+        answers = [
+            await engines[0].score([{"question": "q", "steps": ["a" * n]} for n in (4, 4, 3, 9, 1)]),
+            await engines[1].score([{"question": "q", "steps": ["a"]}]),
+            await engines[2].score([{"question": "q", "steps": ["a"]}] * 2),
+            await engines[0].score([]),
+        ]
+        for engine in engines:
+            await engine.close()
+        return answers
 
-    answer, broken = asyncio.run(run())
-    assert answer == [[0.04], [0.04], [0.03], [0.09]]
-    assert [len(call) for call in engine.backends[0].calls] == [2, 1, 1]  # 4+4 fits 10, a third 4-wide row not
+    capped, broken, short, empty = asyncio.run(run())
+    assert capped == [[0.04], [0.04], [0.03], [0.09], [0.01]] and empty == []
+    assert [len(call) for call in engines[0].backends[0].calls] == [2, 2, 1]
     assert broken[0].reason == "backend_error" and "out of memory" in str(broken[0])
-
-
-def len_of(rows):
-    return [len(row["steps"][0]) for row in rows]
+    assert [result.reason for result in short] == ["backend_error"] * 2
+    assert engines[1].stats.rows_failed == 1 and engines[0].stats.requests_finished == 2
 
 
 def test_endpoint_classes_without_http():

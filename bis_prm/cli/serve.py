@@ -81,9 +81,17 @@ def add_parser(subparsers, name: str, help: str) -> None:
         "this process; repeat for several replicas (each takes the next batch when it is free).",
     )
     parser.add_argument("--vllm-api-key", default=None, help="The vLLM servers' --api-key.")
-    parser.add_argument("--max-batch-size", type=positive_int, default=16, help="Most rows per model call.")
     parser.add_argument(
-        "--max-batch-tokens", type=positive_int, default=16384, help="Most tokens per model call, padding included."
+        "--max-batch-size",
+        type=positive_int,
+        default=16,
+        help="Most rows of concurrent requests merged into one model call (1: no batching).",
+    )
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=positive_int,
+        default=16384,
+        help="Most tokens per forward pass of the in-process model, padding included (vLLM has its own).",
     )
     parser.add_argument("--aggregation", choices=AGGREGATIONS, default="min", help="The reward of /get_reward.")
     parser.add_argument(
@@ -111,29 +119,22 @@ def add_parser(subparsers, name: str, help: str) -> None:
     parser.set_defaults(func=run)
 
 
-def _backends(args: argparse.Namespace):
-    """The scoring backends and the row token counter of the engine."""
+def _backends(args: argparse.Namespace) -> list:
+    """The scoring backends: the vLLM servers, or the model in this process."""
+    if args.vllm_url:
+        from bis_prm.serving.vllm import VLLMScorer
+
+        return [VLLMScorer(url, args.model, api_key=args.vllm_api_key) for url in args.vllm_url]
+
     import torch
 
     from bis_prm.model.inference import StepScorer
-
-    if args.vllm_url:
-        from transformers import AutoConfig, AutoProcessor
-
-        from bis_prm.model.inference import rollout_token_counts
-        from bis_prm.serving.vllm import VLLMScorer
-
-        processor = AutoProcessor.from_pretrained(args.model)
-        step_token = AutoConfig.from_pretrained(args.model).step_token
-        backends = [VLLMScorer(url, args.model, api_key=args.vllm_api_key) for url in args.vllm_url]
-        return backends, lambda rows: rollout_token_counts(processor, rows, step_token)
-
     from bis_prm.model.modeling_prm import load_prm
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, processor = load_prm(args.model, dtype=args.dtype, device_map={"": device})
-    scorer = StepScorer(model.eval(), processor, args.max_batch_size, args.max_batch_tokens)
-    return [scorer], scorer.lengths
+    # the exact token budget of every forward pass is StepScorer's (see bis_prm.serving.engine)
+    return [StepScorer(model.eval(), processor, args.max_batch_size, args.max_batch_tokens)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     check_prm_path(args.model)
 
     from bis_prm.serving.api_server import build_app, run_server
-    from bis_prm.serving.engine import BatchingConfig, BatchingEngine
+    from bis_prm.serving.engine import BatchingEngine
     from bis_prm.serving.serving_reward import RewardConfig
 
     reward_config = RewardConfig(
@@ -155,8 +156,7 @@ def run(args: argparse.Namespace) -> int:
         unscorable_reward=args.unscorable_reward,
         allowed_local_media_path=args.allowed_local_media_path,
     )
-    backends, count_tokens = _backends(args)
-    engine = BatchingEngine(backends, BatchingConfig(args.max_batch_size, args.max_batch_tokens), count_tokens)
+    engine = BatchingEngine(_backends(args), args.max_batch_size)
     app = build_app(engine, reward_config, args.model, args.api_key, args.max_request_bytes)
     run_server(app, args.host, args.port, args.log_level)
     return 0

@@ -1,11 +1,14 @@
 """The batching engine of `bis-prm serve`: rows of concurrent requests merged into one backend call.
 
 Every request's rows join one FIFO queue. Each backend has a worker that, whenever it is free, takes the rows
-waiting at the head of the queue up to `max_batch_size` rows and `max_batch_tokens` tokens (counting padding, as
-[`~bis_prm.model.inference.plan_batches`] does) and scores them with one `score_rows` call on a thread of its own.
-While a backend computes, new requests queue up, so the next call is larger: throughput grows with concurrency
-without any waiting timer. With several backends (vLLM replicas) a free worker takes the next rows, so the load goes
-to whichever replica is free first.
+waiting at the head of the queue, up to `max_batch_size`, and scores them with one `score_rows` call on a thread of
+its own. While a backend computes, new requests queue up, so the next call is larger: throughput grows with
+concurrency without any waiting timer. With several backends (vLLM replicas) a free worker takes the next rows, so
+the load goes to whichever replica is free first.
+
+The token budget is the backend's: a [`~bis_prm.model.inference.StepScorer`] splits a call into forward passes of
+at most `max_batch_tokens` (padding included, exact token counts), and vLLM schedules its own batches
+(`--max-num-batched-tokens`). Counting tokens here as well would tokenize every row once more for nothing.
 
 A backend is anything with `score_rows(rows) -> list[list[float] | ExampleError]`: a
 [`~bis_prm.model.inference.StepScorer`] (the model in-process), a `VLLMScorer` (a vLLM server) or a
@@ -18,14 +21,14 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bis_prm.model.processing_prm import ExampleError
 
-__all__ = ["BatchingConfig", "BatchingEngine", "EngineStats", "ScoringBackend"]
+__all__ = ["BatchingEngine", "EngineStats", "ScoringBackend"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,29 +37,6 @@ RowResult = list[float] | ExampleError
 
 class ScoringBackend(Protocol):
     def score_rows(self, rows: Sequence[dict[str, Any]]) -> list[RowResult]: ...
-
-
-@dataclass
-class BatchingConfig:
-    """
-    How the engine merges rows of concurrent requests.
-
-    Args:
-        max_batch_size (`int`, *optional*, defaults to `16`):
-            Most rows per backend call; `1` scores one row at a time (no batching).
-        max_batch_tokens (`int`, *optional*, defaults to `16384`):
-            Most tokens per backend call, counting padding (rows x the longest row); a longer row is scored alone.
-            `None` for no limit (or when no token counter is given).
-    """
-
-    max_batch_size: int = 16
-    max_batch_tokens: int | None = 16384
-
-    def __post_init__(self):
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be at least 1, got {self.max_batch_size}.")
-        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be at least 1, got {self.max_batch_tokens}.")
 
 
 @dataclass
@@ -84,7 +64,6 @@ class EngineStats:
 @dataclass
 class _Pending:
     row: dict[str, Any]
-    tokens: int
     results: list[RowResult | None]
     position: int
     done: asyncio.Future
@@ -97,16 +76,14 @@ class BatchingEngine:
     Args:
         backends (`Sequence[ScoringBackend]`):
             One or more objects with `score_rows`; each gets a worker and a thread.
-        config ([`BatchingConfig`], *optional*):
-            The merging limits.
-        count_tokens (`Callable`, *optional*):
-            Tokens of each row (e.g. [`~bis_prm.model.inference.StepScorer.lengths`]); without it only
-            `max_batch_size` limits a call.
+        max_batch_size (`int`, *optional*, defaults to `16`):
+            Most rows per backend call; `1` scores one row at a time (no batching).
 
     Example:
 
     ```python
-    >>> engine = BatchingEngine([StepScorer(model, processor)], count_tokens=scorer.lengths)  # doctest: +SKIP
+    >>> scorer = StepScorer(model, processor, max_batch_size=16, max_batch_tokens=16384)  # doctest: +SKIP
+    >>> engine = BatchingEngine([scorer], max_batch_size=16)  # doctest: +SKIP
     >>> await engine.start()  # doctest: +SKIP
     >>> await engine.score([{"question": "1+1?", "steps": ["1+1=2."]}])  # doctest: +SKIP
     [[0.93]]
@@ -117,14 +94,13 @@ class BatchingEngine:
     def __init__(
         self,
         backends: Sequence[ScoringBackend],
-        config: BatchingConfig | None = None,
-        count_tokens: Callable[[Sequence[dict[str, Any]]], list[int]] | None = None,
+        max_batch_size: int = 16,
     ):
         if not backends:
             raise ValueError("BatchingEngine needs at least one backend.")
-        self.backends = list(backends)
-        self.config = config or BatchingConfig()
-        self.count_tokens = count_tokens
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}.")
+        self.backends, self.max_batch_size = list(backends), max_batch_size
         self.stats = EngineStats(calls_per_backend=[0] * len(self.backends))
         self._queue: collections.deque[_Pending] = collections.deque()
         self._wakeup: asyncio.Condition | None = None
@@ -147,14 +123,12 @@ class BatchingEngine:
         if not rows:
             self.stats.requests_finished += 1
             return []
-        # tokenizing is CPU work: off the event loop, which keeps accepting requests meanwhile
-        tokens = await asyncio.to_thread(self.count_tokens, rows) if self.count_tokens else [0] * len(rows)
         results: list[RowResult | None] = [None] * len(rows)
         futures = []
         async with self._wakeup:
-            for position, (row, count) in enumerate(zip(rows, tokens, strict=True)):
+            for position, row in enumerate(rows):
                 future = loop.create_future()
-                self._queue.append(_Pending(row, count, results, position, future))
+                self._queue.append(_Pending(row, results, position, future))
                 futures.append(future)
             self._wakeup.notify_all()
         try:
@@ -164,17 +138,8 @@ class BatchingEngine:
         return results  # type: ignore[return-value]
 
     def _take_batch(self) -> list[_Pending]:
-        """The rows at the head of the queue that fit one call (the first one always does)."""
-        batch = [self._queue.popleft()]
-        width = batch[0].tokens
-        budget = self.config.max_batch_tokens
-        while self._queue and len(batch) < self.config.max_batch_size:
-            candidate = max(width, self._queue[0].tokens)
-            if budget is not None and self.count_tokens is not None and candidate * (len(batch) + 1) > budget:
-                break
-            width = candidate
-            batch.append(self._queue.popleft())
-        return batch
+        """The rows at the head of the queue, `max_batch_size` at most."""
+        return [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
 
     async def _work(self, index: int) -> None:
         loop = asyncio.get_running_loop()
