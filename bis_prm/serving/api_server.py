@@ -21,7 +21,7 @@ import secrets
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bis_prm.serving.engine import BatchingEngine
@@ -127,6 +127,10 @@ async def _server_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(_error_body(f"Internal server error: {error}", "internal_error", 500), status_code=500)
 
 
+def _json(model) -> Response:
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
 def build_app(
     engine: BatchingEngine,
     config: RewardConfig | None = None,
@@ -177,18 +181,20 @@ def build_app(
     app.add_middleware(_RequestGuard, api_key=api_key, max_request_bytes=max_request_bytes)
     app.state.engine = engine
 
+    # the response models document the routes; a handler serializes its model itself, once (FastAPI would dump,
+    # validate again and serialize a returned model)
     @app.get("/health", response_model=HealthResponse)
-    async def health() -> HealthResponse:
+    async def health() -> Response:
         backends = [type(backend).__name__ for backend in engine.backends]
-        return HealthResponse(model=model_name, backends=backends, stats=engine.stats.as_dict())
+        return _json(HealthResponse(model=model_name, backends=backends, stats=engine.stats.as_dict()))
 
     @app.post("/get_reward", response_model=RewardResponse)
-    async def get_reward(request: RewardRequest) -> RewardResponse:
-        return await reward.create_reward(request)
+    async def get_reward(request: RewardRequest) -> Response:
+        return _json(await reward.create_reward(request))
 
     @app.post("/v1/score_steps", response_model=ScoreStepsResponse)
-    async def score_steps(request: ScoreStepsRequest) -> ScoreStepsResponse:
-        return await step_scores.score_steps(request)
+    async def score_steps(request: ScoreStepsRequest) -> Response:
+        return _json(await step_scores.score_steps(request))
 
     return app
 
