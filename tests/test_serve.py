@@ -382,6 +382,15 @@ def test_endpoint_classes_without_http():
     assert [e.reason for e in got.errors[1:]] == ["no_steps", "query_without_prompt"]
     assert rows.scores == [[0.02], None] and rows.errors[1].reason == "image_not_allowed"
     assert RewardConfig(unscorable_reward=None).unscorable_reward is None
+    # OpenRLHF with a chat template: the question is the user turn, the policy's end marker is cut off
+    chat = RewardConfig(question_pattern=r"user\n(?P<question>.*?)<[|]im_end[|]>", strip_suffixes=("<|im_end|>",))
+    prompt = (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    row = ServingReward(ServingStepScores(engine, chat))._to_row(prompt + "3 + 4 = 7.\n\nSo 7.<|im_end|>\n", prompt)
+    assert row == {"question": "What is 3 + 4?", "steps": ["3 + 4 = 7.", "So 7."], "image": None}
+    assert chat.question("no chat markup") == "no chat markup"
+    assert RewardConfig(strip_suffixes=("</s>", "<|im_end|>")).response("a</s> <|im_end|>\n") == "a"
     with pytest.raises(ValueError, match="aggregation"):
         RewardConfig(aggregation="max")
 
@@ -425,6 +434,8 @@ def test_request_images(tmp_path):
         (["--model", "x/y", "--aggregation", "max"], "invalid choice"),
         (["--model", "x/y", "--allowed-local-media-path", "/no/such/dir"], "no such directory"),
         (["--model", "x/y", "--api-key", " "], "--api-key must not be empty"),
+        (["--model", "x/y", "--question-pattern", "user(.*"], "not a regular expression"),
+        (["--model", "x/y", "--question-pattern", "user.*"], "needs a group"),
     ],
 )
 def test_cli_mistakes_exit_2_before_loading(argv, message, capsys):

@@ -6,6 +6,7 @@ import argparse
 import codecs
 import importlib.util
 import os
+import re
 
 from bis_prm.cli import CommandError, check_prm_path, positive_int
 
@@ -45,6 +46,16 @@ def _reward_or_none(value: str) -> float | None:
         raise argparse.ArgumentTypeError(f'expected a number or "none", got {value!r}') from None
 
 
+def _question_pattern(value: str) -> str:
+    try:
+        pattern = re.compile(value)
+    except re.error as error:
+        raise argparse.ArgumentTypeError(f"not a regular expression ({error}): {value!r}") from None
+    if pattern.groups == 0:
+        raise argparse.ArgumentTypeError(f"needs a group around the question, e.g. (?P<question>...): {value!r}")
+    return value
+
+
 def _directory(value: str) -> str:
     if not os.path.isdir(value):
         raise argparse.ArgumentTypeError(f"no such directory: {value}")
@@ -69,8 +80,8 @@ def add_parser(subparsers, name: str, help: str) -> None:
     parser.add_argument("--port", type=_port, default=8000)
     parser.add_argument(
         "--api-key",
-        default=os.environ.get("BIS_PRM_API_KEY"),
-        help="Require `Authorization: Bearer KEY` on every route but /health (default: $BIS_PRM_API_KEY, else none).",
+        default=None,  # read from the environment in `run`: --help prints defaults, never the key
+        help="Require `Authorization: Bearer KEY` on every route but /health (taken from $BIS_PRM_API_KEY when set).",
     )
     parser.add_argument(
         "--vllm-url",
@@ -95,9 +106,23 @@ def add_parser(subparsers, name: str, help: str) -> None:
     )
     parser.add_argument("--aggregation", choices=AGGREGATIONS, default="min", help="The reward of /get_reward.")
     parser.add_argument(
-        "--separator", type=_separator, default="\n\n", help="What ends a step (escapes such as \\n are read)."
+        "--separator", type=_separator, default=r"\n\n", help="What ends a step (escapes such as \\n are read)."
     )
     parser.add_argument("--max-steps", type=positive_int, default=12, help="Merge longer responses into this many.")
+    parser.add_argument(
+        "--question-pattern",
+        type=_question_pattern,
+        default=None,
+        help="A regex whose group `question` (or first group) is the question within a /get_reward prompt, e.g. "
+        "'user\\n(?P<question>.*?)<[|]im_end[|]>' for a ChatML prompt; without it, the prompt is the question.",
+    )
+    parser.add_argument(
+        "--strip-suffix",
+        action="append",
+        type=_separator,
+        default=None,
+        help="Cut this marker (e.g. the policy's '<|im_end|>') from the end of a /get_reward response; repeatable.",
+    )
     parser.add_argument(
         "--unscorable-reward",
         type=_reward_or_none,
@@ -108,12 +133,12 @@ def add_parser(subparsers, name: str, help: str) -> None:
         "--allowed-local-media-path",
         type=_directory,
         default=None,
-        help="Requests may name image files inside this directory (default: data URLs only).",
+        help="Requests may name image files inside this directory; without it, only data URLs are read.",
     )
     parser.add_argument(
         "--max-request-bytes", type=positive_int, default=32 * 1024 * 1024, help="Larger bodies get 413."
     )
-    parser.add_argument("--device", default=None, help="Device of the in-process model (default: cuda if available).")
+    parser.add_argument("--device", default=None, help="Device of the in-process model (None: cuda if available).")
     parser.add_argument("--dtype", default="auto", help="dtype of the in-process model.")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(func=run)
@@ -141,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
     missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
     if missing:
         raise CommandError(f"bis-prm serve needs {' and '.join(missing)}: pip install 'bis_prm[serve]'")
+    if args.api_key is None:
+        args.api_key = os.environ.get("BIS_PRM_API_KEY")
     if args.api_key is not None and not args.api_key.strip():
         raise CommandError("--api-key must not be empty")
     check_prm_path(args.model)
@@ -155,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         unscorable_reward=args.unscorable_reward,
         allowed_local_media_path=args.allowed_local_media_path,
+        question_pattern=args.question_pattern,
+        strip_suffixes=tuple(args.strip_suffix or ()),
     )
     engine = BatchingEngine(_backends(args), args.max_batch_size)
     app = build_app(engine, reward_config, args.model, args.api_key, args.max_request_bytes)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,13 @@ class RewardConfig:
             flagged in `extra_logs["prm_unscorable"]` and named in `errors`.
         allowed_local_media_path (`str`, *optional*):
             A directory whose files requests may name as images; `None` (the default): data URLs only.
+        question_pattern (`str`, *optional*):
+            A regular expression whose group `question` (or first group) is the question within a `/get_reward`
+            prompt, e.g. the last user turn of a ChatML prompt: `user\\n(?P<question>.*?)<[|]im_end[|]>` (the last
+            match counts); a prompt it does not match is the question as it is. `None`: the whole prompt.
+        strip_suffixes (`tuple[str, ...]`, *optional*, defaults to `()`):
+            Markers cut from the end of a `/get_reward` response before it is split, e.g. the policy's
+            end-of-sequence token that OpenRLHF decodes with the text (`"<|im_end|>"`, `"</s>"`).
     """
 
     aggregation: str = "min"
@@ -61,6 +69,8 @@ class RewardConfig:
     max_steps: int | None = 12
     unscorable_reward: float | None = 0.0
     allowed_local_media_path: str | os.PathLike | None = None
+    question_pattern: str | None = None
+    strip_suffixes: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.aggregation not in AGGREGATIONS:
@@ -69,6 +79,28 @@ class RewardConfig:
             raise ValueError("The step separator must not be empty.")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}.")
+        self._question = re.compile(self.question_pattern, re.DOTALL) if self.question_pattern else None
+        if self._question is not None and self._question.groups == 0:
+            raise ValueError(f"question_pattern needs a group around the question: {self.question_pattern!r}")
+        self.strip_suffixes = tuple(suffix for suffix in self.strip_suffixes if suffix)
+
+    def question(self, prompt: str) -> str:
+        """The question within a `/get_reward` prompt (see `question_pattern`)."""
+        matches = list(self._question.finditer(prompt)) if self._question is not None else []
+        if not matches:
+            return prompt
+        match = matches[-1]
+        return match.group("question") if "question" in match.re.groupindex else match.group(1)
+
+    def response(self, text: str) -> str:
+        """`text` without trailing whitespace and `strip_suffixes` (repeatedly, in any order)."""
+        text, stripped = text.rstrip(), True
+        while stripped:
+            stripped = False
+            for suffix in self.strip_suffixes:
+                if text.endswith(suffix):
+                    text, stripped = text[: -len(suffix)].rstrip(), True
+        return text
 
 
 def _row_error(error: ExampleError | MediaError) -> RowError:
@@ -144,10 +176,11 @@ class ServingReward:
     def _to_row(self, query: str, prompt: str) -> dict[str, Any] | ExampleError:
         if not query.startswith(prompt):
             return ExampleError("query_without_prompt", "the query does not start with its prompt")
-        steps = split_steps(query[len(prompt) :], self.config.separator, self.config.max_steps)
+        response = self.config.response(query[len(prompt) :])
+        steps = split_steps(response, self.config.separator, self.config.max_steps)
         if not steps:
             return ExampleError("no_steps", "the response has no step (it is empty or only separators)")
-        return {"question": prompt, "steps": steps, "image": None}
+        return {"question": self.config.question(prompt), "steps": steps, "image": None}
 
     async def create_reward(self, request: RewardRequest) -> RewardResponse:
         rows = [self._to_row(query, prompt) for query, prompt in zip(request.query, request.prompts, strict=True)]
