@@ -168,6 +168,13 @@ def test_remote_scorer_equals_step_scorer(served, scorer):
     _same_results(remote[1:], scorer.score_rows(ROWS[1:2]))
     with pytest.raises(RemoteScorerError, match="401"):
         RemoteScorer(served.url, api_key="wrong").score_rows(ROWS[:1])
+    # rows beyond the request size go in further requests (the server's limit here: 4096 bytes)
+    before = served.engine.stats.requests_accepted
+    many = [{**ROWS[i % 3], "question": f"{i}: " + "x" * 400} for i in range(12)]
+    _same_results(
+        RemoteScorer(served.url, api_key=API_KEY, max_request_bytes=1500).score_rows(many), scorer.score_rows(many)
+    )
+    assert served.engine.stats.requests_accepted - before >= 4
 
 
 def test_32_concurrent_clients_equal_sequential_scoring_in_batches(scorer):

@@ -45,10 +45,10 @@ def _wire_image(image: Any) -> str | list[str] | None:
     return to_data_url(image)  # a path on this machine: its bytes travel, the server reads no file
 
 
-def post_json(url: str, payload: dict, api_key: str | None = None, timeout: float = 600.0) -> dict:
+def post_json(url: str, payload: dict | bytes, api_key: str | None = None, timeout: float = 600.0) -> dict:
     """
-    POST `payload` as JSON and return the JSON answer; a non-2xx answer or an unreachable server raises
-    [`RemoteScorerError`] with the server's message.
+    POST `payload` as JSON (a dict, or JSON bytes) and return the JSON answer; a non-2xx answer or an unreachable
+    server raises [`RemoteScorerError`] with the server's message.
 
     Example:
 
@@ -61,7 +61,8 @@ def post_json(url: str, payload: dict, api_key: str | None = None, timeout: floa
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers=headers, method="POST")
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
@@ -88,6 +89,9 @@ class RemoteScorer:
             The server's `--api-key`.
         timeout (`float`, *optional*, defaults to `600.0`):
             Seconds to wait for an answer.
+        max_request_bytes (`int`, *optional*, defaults to 16 MiB):
+            Rows are sent in requests of at most this many bytes (half the server's default limit), so that many
+            images do not make one request too large; a row larger than that goes alone.
 
     Example:
 
@@ -100,27 +104,36 @@ class RemoteScorer:
     ```
     """
 
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = 600.0):
+    def __init__(
+        self, url: str, api_key: str | None = None, timeout: float = 600.0, max_request_bytes: int = 16 * 2**20
+    ):
         url = url.rstrip("/")
         self.url = url if url.endswith(SCORE_STEPS_PATH) else url + SCORE_STEPS_PATH
-        self.api_key, self.timeout = api_key, timeout
+        self.api_key, self.timeout, self.max_request_bytes = api_key, timeout, max_request_bytes
 
     def score_rows(self, rows: Sequence[dict[str, Any]]) -> list[list[float] | ExampleError]:
         """Per row, in order, its step scores or the [`~bis_prm.model.processing_prm.ExampleError`] that kept it
         from being scored (a local image that cannot be read included); [`RemoteScorerError`] when the whole
         request fails."""
         results: list[list[float] | ExampleError | None] = [None] * len(rows)
-        wire_rows, positions = [], []
+        chunks: list[tuple[list[int], list[str]]] = []  # (positions, rows as JSON) of each request
+        size = 0
         for position, row in enumerate(rows):
             try:
                 image = _wire_image(row.get("image"))
             except OSError as error:
                 results[position] = ExampleError("missing_image", f"image cannot be read: {error}")
                 continue
-            wire_rows.append({"question": row["question"], "steps": list(row["steps"]), "image": image})
-            positions.append(position)
-        if wire_rows:
-            answer = post_json(self.url, {"rows": wire_rows}, self.api_key, self.timeout)
+            wire = json.dumps({"question": row["question"], "steps": list(row["steps"]), "image": image})
+            if not chunks or size + len(wire) + 1 > self.max_request_bytes:
+                chunks.append(([], []))
+                size = len('{"rows": []}')
+            chunks[-1][0].append(position)
+            chunks[-1][1].append(wire)
+            size += len(wire) + 1
+        for positions, wire_rows in chunks:
+            body = ('{"rows": [' + ",".join(wire_rows) + "]}").encode()
+            answer = post_json(self.url, body, self.api_key, self.timeout)
             for position, scores, error in zip(positions, answer["scores"], answer["errors"], strict=True):
                 results[position] = scores if error is None else ExampleError(error["reason"], error["message"])
         return results  # type: ignore[return-value]
