@@ -8,7 +8,9 @@ splitting and the aggregation are the server's (`--separator`, `--max-steps`, `-
 
 The question is `extra_info["question"]` (put it there in the data preprocessing, next to `ground_truth`), else
 empty. The server is `url=` (a reward kwarg) or `$BIS_PRM_REWARD_URL`, its key `api_key=` or `$BIS_PRM_API_KEY`.
-The answer is a dict, which verl logs key by key: `score` (the reward), `prm_num_steps` and `prm_unscorable`.
+The answer is a dict, which verl logs key by key: `score` (the reward), `prm_num_steps` and `prm_unscorable` (1.0 for
+a response the server could not score: its score is the server's `--unscorable-reward`, 0.0 when that is `none`,
+since verl needs a number).
 """
 
 from __future__ import annotations
