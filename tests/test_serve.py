@@ -177,6 +177,16 @@ def test_remote_scorer_equals_step_scorer(served, scorer):
     assert served.engine.stats.requests_accepted - before >= 4
 
 
+def test_prm_reward_remote_equals_in_process(served, scorer):
+    rewards = pytest.importorskip("bis_prm.rewards", reason="PRMReward is on another branch until they merge")
+    prompts = ["What is 3 + 4?", "Is 9 prime?", "Name a colour."]
+    completions = ["3 + 4 = 7.\n\nThe answer is 7.", "9 = 3 * 3.\n\nSo 9 is not prime.\n\nAnswer: no.", "\n\n"]
+    local = rewards.PRMReward((scorer.model, scorer.processor), aggregation="min")(prompts, completions)
+    remote = rewards.PRMReward(url=served.url, api_key=API_KEY, aggregation="min")(prompts, completions)
+    assert local[2] is None and remote[2] is None
+    assert remote[:2] == pytest.approx(local[:2], abs=1e-5)
+
+
 def test_32_concurrent_clients_equal_sequential_scoring_in_batches(scorer):
     rows = [
         {"question": f"What is {i} + {i % 5}?", "steps": [f"{i} + {i % 5} = {i + i % 5}."] * (1 + i % 3)}
