@@ -463,6 +463,23 @@ def test_cli_mistakes_exit_2_before_loading(argv, message, capsys):
     assert err.startswith("bis-prm serve: error:") and message in err
 
 
+def test_cli_vllm_urls_make_one_backend_each(monkeypatch):
+    import argparse
+    import types
+
+    from bis_prm.cli.serve import _backends
+
+    class FakeVLLMScorer:  # the interface of bis_prm.serving.vllm.VLLMScorer
+        def __init__(self, url, model, api_key=None):
+            self.url, self.model, self.api_key = url, model, api_key
+
+    monkeypatch.setitem(sys.modules, "bis_prm.serving.vllm", types.SimpleNamespace(VLLMScorer=FakeVLLMScorer))
+    urls = ["http://127.0.0.1:8100", "http://127.0.0.1:8101"]
+    args = argparse.Namespace(vllm_url=urls, model="user/prm", vllm_api_key="k")
+    backends = _backends(args)
+    assert [(b.url, b.model, b.api_key) for b in backends] == [(url, "user/prm", "k") for url in urls]
+
+
 @pytest.mark.slow  # a fresh process imports torch and transformers: ~45 s on the shared 2-core machine
 def test_cli_serves_and_drains_on_sigterm(prm_path, scorer):
     with socket.socket() as probe:
