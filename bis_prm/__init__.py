@@ -71,6 +71,9 @@ _EXPORTS = {
     "best_of_n": "bis_prm.evaluation.best_of_n",
     # rewards: a PRM as the reward of TRL's GRPOTrainer / RLOOTrainer
     "PRMReward": "bis_prm.rewards.prm_reward",
+    # serving: bis-prm serve and its client
+    "RemoteScorer": "bis_prm.serving.client",
+    "BatchingEngine": "bis_prm.serving.engine",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -11,6 +11,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -124,10 +125,10 @@ def paths_outside_root(paths: pa.Array, root: str | os.PathLike | None) -> np.nd
 
 
 @contextlib.contextmanager
-def _checked(path: str | os.PathLike, max_pixels: int) -> Iterator[Image.Image]:
-    """The image at `path`, opened lazily once its header says it is not too large; any failure, in the header or
-    while the caller decodes it, becomes an [`ImageProblem`]."""
-    if not os.path.isfile(path):
+def _checked(path: str | os.PathLike | BinaryIO, max_pixels: int) -> Iterator[Image.Image]:
+    """The image at `path` (or in a binary file object), opened lazily once its header says it is not too large;
+    any failure, in the header or while the caller decodes it, becomes an [`ImageProblem`]."""
+    if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
         raise ImageProblem("missing_image", f"image {str(path)!r} not found")
     try:
         with warnings.catch_warnings():
@@ -147,9 +148,10 @@ def _checked(path: str | os.PathLike, max_pixels: int) -> Iterator[Image.Image]:
         raise ImageProblem("image_unreadable", f"image {str(path)!r} cannot be read: {error}") from None
 
 
-def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def open_image(path: str | os.PathLike | BinaryIO, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """
-    Decode an image file as RGB, after checking its size in the header.
+    Decode an image file (a path, or a binary file object such as `io.BytesIO`) as RGB, after checking its size in
+    the header.
 
     Raises:
         [`ImageProblem`]: `missing_image` (no such file), `image_unreadable` (empty, corrupt or not an image) or
