@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bis_prm.data.images import MAX_IMAGE_PIXELS, ImageProblem, read_image_size, resolve_image
-from bis_prm.evaluation.jsonl import SkippedRows, encodes_as_utf8, iter_jsonl
+from bis_prm.io.jsonl import SkippedRows, encodes_as_utf8, iter_jsonl
 
 __all__ = [
     "PAPER_SOURCES",
@@ -85,7 +85,7 @@ class VisualProcessBench:
             The usable rows: `index` (0-based line in the JSONL file), `line` (1-based), `image` (resolved paths),
             `image_sizes` (`(width, height)` from the file headers), `question`, `answer`, `steps`, `labels` (1, 0,
             -1), `data_source`, `policy_model`.
-        skipped ([`~bis_prm.evaluation.jsonl.SkippedRows`]):
+        skipped ([`~bis_prm.io.jsonl.SkippedRows`]):
             The rows left out, by reason (one of `SKIP_REASONS`), with their 1-based lines and problems.
         excluded (`dict[str, int]`):
             Rows left out by the `sources` filter, per data source.
