@@ -9,8 +9,10 @@ The official script asks the PRM about each step in turn and stops at the first 
     acc2 = np.mean([e['match'] for e in data2]) * 100
     f1 = 2 * acc1 * acc2 / (acc1 + acc2)
 
-A scored PRM "does not accept" a step whose score is below the threshold. The average F1 is the mean of the splits'
-F1 (the paper's "Avg. F1"). Loops and lists only; the oracle of `tests/test_processbench.py`, not used by the library.
+A scored PRM "does not accept" a step whose score is below the threshold. The script has no average; the paper's
+"Avg. F1" is the mean of the splits' F1, taken here over the splits with both kinds of problems, a split whose two
+accuracies are both 0 counting 0 (the harmonic mean's limit, where NumPy divides 0 by 0). Loops and lists only; the
+oracle of `tests/test_processbench.py`, not used by the library.
 """
 
 from __future__ import annotations
@@ -62,7 +64,11 @@ def reference_processbench(scores, labels, splits, threshold=0.5) -> dict:
         rows = [k for k, split in enumerate(splits) if split == config]
         predictions = [single_process(scores[k], threshold) for k in rows]
         per_split[config] = reference_split(predictions, [labels[k] for k in rows])
-    f1s = [m["f1"] for m in per_split.values() if not np.isnan(m["f1"])]
+    f1s = [
+        0.0 if np.isnan(m["f1"]) else m["f1"]
+        for m in per_split.values()
+        if not (np.isnan(m["error_acc"]) or np.isnan(m["correct_acc"]))
+    ]
     return {
         "per_split": per_split,
         "average_f1": sum(f1s) / len(f1s) if f1s else None,
