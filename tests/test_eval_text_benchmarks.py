@@ -162,3 +162,29 @@ def test_the_benchmark_type_is_detected(workspace, tmp_path):
     assert detect_benchmark_type("Qwen/ProcessBench") == "processbench"
     assert detect_benchmark_type("hitsmy/PRMBench_Preview") == "prmbench"
     assert detect_benchmark_type("someone/my-prm-bench") == "prmbench"
+
+
+def test_the_how_to_add_a_benchmark_example_of_the_docs_runs(workspace, tmp_path):
+    from bis_prm.evaluation.adapters import ADAPTERS
+    from tests.utils import REPO_ROOT
+
+    doc = (REPO_ROOT / "docs" / "benchmarks.md").read_text()
+    code = doc.split("scored by step accuracy:")[1].split("```python")[1].split("```")[0]
+    rows = [
+        {"question": "What is 2 + 2?", "steps": ["2 + 2 = 4.", "So 4."], "labels": [1, 1]},
+        {"question": "What is 3 + 3?", "steps": ["3 + 3 = 7."], "labels": [0]},
+    ]
+    bench = tmp_path / "stepbench.jsonl"
+    bench.write_text("\n".join([*map(json.dumps, rows), "{broken"]) + "\n")
+    code = code.replace('"my-prm"', repr(str(workspace / "prm"))).replace('"stepbench.jsonl"', repr(str(bench)))
+    code = code.replace('output_dir="out"', f"output_dir={str(tmp_path / 'out')!r}, num_workers=0")
+    try:
+        namespace = {}
+        exec(code, namespace)
+        predictions = _rows(tmp_path / "out")
+        pairs = [(s >= 0.5, y == 1) for row in predictions for s, y in zip(row["scores"], row["targets"], strict=True)]
+        assert namespace["metrics"]["accuracy"] == sum(p == y for p, y in pairs) / 3
+        assert namespace["metrics"]["skipped"]["broken_json"]["lines"] == [3]
+        assert "Step accuracy:" in (tmp_path / "out" / "metrics.md").read_text()
+    finally:
+        ADAPTERS.pop("stepbench", None)
