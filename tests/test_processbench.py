@@ -204,6 +204,8 @@ def test_bad_rows_are_skipped_with_their_file_and_line(tmp_path):
         {"prompt": "Q?", "completions": ["a", "b"], "labels": [True]},
     ]
     (tmp_path / "omnimath.json").write_text(json.dumps(trl), encoding="utf-8")
+    (tmp_path / "olympiadbench.json").write_text("[\n]\n", encoding="utf-8")  # an empty split
+    (tmp_path / "dataset_infos.json").write_text(json.dumps({"default": {}}), encoding="utf-8")  # not a split
     bench = load_processbench(tmp_path)
     assert [(row["split"], row["line"], row["label"]) for row in bench.rows] == [
         ("gsm8k", 1, -1),

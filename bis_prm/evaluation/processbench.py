@@ -161,8 +161,10 @@ def _split_files(root: Path) -> list[Path]:
         for path in folder.iterdir()
         if path.suffix in EXTENSIONS and path.is_file()
     ]
+    # next to the four splits a Hub repo may hold other JSON (dataset infos, ...): only the splits are read then
+    known = [path for path in files if _split_of(path) in SPLITS]
     rank = {split: index for index, split in enumerate(SPLITS)}
-    return sorted(files, key=lambda path: (rank.get(_split_of(path), len(rank)), _split_of(path), path.name))
+    return sorted(known or files, key=lambda path: (rank.get(_split_of(path), len(rank)), _split_of(path), path.name))
 
 
 def _official(record: dict) -> tuple[dict | None, tuple[str, str] | None]:
@@ -231,8 +233,9 @@ def load_processbench(
     step_token: str | None = "<prm>",
 ) -> ProcessBench:
     """
-    Load ProcessBench, or a benchmark in its layout: every `.json`, `.jsonl` and `.parquet` file of a directory (or
-    its `data/` folder) is a split named after the file.
+    Load ProcessBench, or a benchmark in its layout: the `.json`, `.jsonl` and `.parquet` files of a directory (or of
+    its `data/` folder) are splits named after the files; when some are named like ProcessBench's four splits, only
+    those are read.
 
     Args:
         dir_or_repo_id (`str` or `os.PathLike`, *optional*, defaults to `"Qwen/ProcessBench"`):
