@@ -55,15 +55,16 @@ class EvalConfig:
             `DataLoader` workers per process that decode images and run the processor; defaults to
             `min(4, CPU cores / processes)`.
         threshold (`float` or `str`, *optional*, defaults to `0.5`):
-            A float in [0, 1], or `"auto"` to tune it on the evaluated predictions as the reference evaluator does.
+            A float in [0, 1], or `"auto"` to tune it on the evaluated predictions (not for PRMBench, whose toolkit
+            fixes it).
         threshold_from (`str`, *optional*):
             A `predictions.jsonl` of another split (e.g. a dev split) to tune the threshold on; overrides `threshold`.
         max_rows (`int`, *optional*):
-            Evaluate only the first rows of the file.
+            Evaluate only the first rows of the file (of each file, for ProcessBench and PRMBench).
         max_images (`int`, *optional*):
             Tile rows with more images into one grid (at most 3 columns) for models that take a single image.
         split (`str`, *optional*, defaults to `"test"`):
-            The benchmark's JSONL stem.
+            VisualProcessBench: the benchmark's JSONL stem.
         sources (`list[str]`, *optional*):
             Evaluate only these `data_source` values (VisualProcessBench), splits (ProcessBench) or classifications
             (PRMBench), exact names; everything when `None`.
