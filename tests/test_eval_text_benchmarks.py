@@ -188,3 +188,25 @@ def test_the_how_to_add_a_benchmark_example_of_the_docs_runs(workspace, tmp_path
         assert "Step accuracy:" in (tmp_path / "out" / "metrics.md").read_text()
     finally:
         ADAPTERS.pop("stepbench", None)
+
+
+@pytest.mark.slow
+def test_processbench_on_two_processes_gives_the_scores_of_one(workspace, processbench_run, tmp_path):
+    """`accelerate launch --num_processes 2` on ProcessBench: the shared runner deals whole batches."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.utils import REPO_ROOT
+
+    out = tmp_path / "two"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines"]
+    launch += ["1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bis_prm", "eval", "--num-workers", "0"]
+    launch += ["--model", str(workspace / "prm"), "--benchmark", str(workspace / "processbench")]
+    launch += ["--output-dir", str(out), "--batch-size", "4"]
+    run = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    one = json.loads((processbench_run / "metrics.json").read_text())
+    assert json.loads((out / "metrics.json").read_text()) == one
+    assert _rows(out) == _rows(processbench_run)
