@@ -210,3 +210,14 @@ def test_processbench_on_two_processes_gives_the_scores_of_one(workspace, proces
     one = json.loads((processbench_run / "metrics.json").read_text())
     assert json.loads((out / "metrics.json").read_text()) == one
     assert _rows(out) == _rows(processbench_run)
+
+
+def test_a_hub_benchmark_that_cannot_be_downloaded_is_a_one_line_error(workspace, tmp_path, monkeypatch, capsys):
+    import bis_prm.evaluation.runner
+
+    monkeypatch.setattr(bis_prm.evaluation.runner, "_load_model", lambda *a: pytest.fail("the model was loaded"))
+    assert _eval(workspace, "someone/absent-processbench", tmp_path / "out") == 2  # the tests are offline
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "bis-prm eval: error: Could not download the Hub dataset 'someone/absent-processbench': "
+    )

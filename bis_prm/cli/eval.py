@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     if not ADAPTERS[benchmark_type].auto_threshold and (args.threshold == "auto" or args.threshold_from):
         raise CommandError(f"{benchmark_type} takes a fixed --threshold (no auto, no --threshold-from)")
 
+    from bis_prm.evaluation.benchmark import BenchmarkNotFoundError
     from bis_prm.evaluation.runner import EvalConfig, NoUsableRowsError, evaluate_prm
 
     config = EvalConfig(
@@ -139,6 +140,6 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         evaluate_prm(config)
-    except NoUsableRowsError as error:
+    except (NoUsableRowsError, BenchmarkNotFoundError) as error:
         raise CommandError(str(error)) from None
     return 0

@@ -15,7 +15,12 @@ from typing import ClassVar
 
 from bis_prm.io.jsonl import SkippedRows, encodes_as_utf8
 
-__all__ = ["Benchmark", "benchmark_root", "text_problem"]
+__all__ = ["Benchmark", "BenchmarkNotFoundError", "benchmark_root", "text_problem"]
+
+
+class BenchmarkNotFoundError(FileNotFoundError):
+    """Raised when a benchmark is neither a local path nor a Hub dataset that can be downloaded; the message says
+    which and why."""
 
 
 @dataclass
@@ -97,7 +102,11 @@ def benchmark_root(dir_or_repo_id: str | os.PathLike, allow_patterns: list[str] 
     if path.exists():
         return path
     if str(dir_or_repo_id).count("/") != 1 or str(dir_or_repo_id).startswith((".", "/")):
-        raise FileNotFoundError(f"Benchmark {dir_or_repo_id!r} is neither a local directory nor a Hub repo id.")
+        raise BenchmarkNotFoundError(f"Benchmark {dir_or_repo_id!r} is neither a local directory nor a Hub repo id.")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(str(dir_or_repo_id), repo_type="dataset", allow_patterns=allow_patterns))
+    try:
+        return Path(snapshot_download(str(dir_or_repo_id), repo_type="dataset", allow_patterns=allow_patterns))
+    except OSError as error:  # offline, no such repository, no access: the Hub's errors are all OSErrors
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BenchmarkNotFoundError(f"Could not download the Hub dataset {dir_or_repo_id!r}: {reason}") from None

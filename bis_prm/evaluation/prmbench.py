@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bis_prm.evaluation.benchmark import Benchmark, benchmark_root, text_problem
+from bis_prm.evaluation.benchmark import Benchmark, BenchmarkNotFoundError, benchmark_root, text_problem
 from bis_prm.io.jsonl import iter_jsonl
 
 __all__ = ["REPO_ID", "SKIP_REASONS", "PRMBench", "load_prmbench", "remove_step_prefix"]
@@ -194,7 +194,7 @@ def load_prmbench(
     root = benchmark_root(dir_or_repo_id, allow_patterns=["*.jsonl", "**/*.jsonl"])
     files = _files(root)
     if not files:
-        raise FileNotFoundError(f"No .jsonl file in {root}.")
+        raise BenchmarkNotFoundError(f"No .jsonl file in {root}.")
     benchmark = PRMBench(path=root)
     seen: set[str] = set()
     for path in files:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bis_prm.evaluation.benchmark import Benchmark, benchmark_root, text_problem
+from bis_prm.evaluation.benchmark import Benchmark, BenchmarkNotFoundError, benchmark_root, text_problem
 from bis_prm.io.jsonl import UTF8_BOM, iter_jsonl
 
 __all__ = ["REPO_ID", "SKIP_REASONS", "SPLITS", "ProcessBench", "iter_records", "load_processbench"]
@@ -264,7 +264,7 @@ def load_processbench(
     root = benchmark_root(dir_or_repo_id, allow_patterns=["*.json", "*.jsonl", "data/*.parquet"])
     files = _split_files(root)
     if not files:
-        raise FileNotFoundError(f"No .json, .jsonl or .parquet split file in {root}.")
+        raise BenchmarkNotFoundError(f"No .json, .jsonl or .parquet split file in {root}.")
     benchmark = ProcessBench(path=root)
     for path in files:
         split = _split_of(path)
