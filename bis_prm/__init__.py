@@ -2,9 +2,9 @@
 
 `import bis_prm` registers the PRM classes of the vision-language backbones with `AutoModelForTokenClassification`
 (importing `bis_prm.model.modeling_prm`, which calls transformers' `register`), so that
-`AutoModelForTokenClassification.from_pretrained(path)` loads a saved PRM, and makes sure the `visualprocessbench`
-metric resolves by its bare name offline (see `bis_prm.evaluation.metrics.install`; `BIS_PRM_NO_METRIC_INSTALL=1`
-skips that). The other public names are imported on first use.
+`AutoModelForTokenClassification.from_pretrained(path)` loads a saved PRM, and makes sure the `visualprocessbench`,
+`processbench` and `prmbench` metrics resolve by their bare names offline (see `bis_prm.evaluation.metrics.install`;
+`BIS_PRM_NO_METRIC_INSTALL=1` skips that). The other public names are imported on first use.
 """
 
 import importlib
@@ -66,6 +66,12 @@ _EXPORTS = {
     "VISUALPROCESSBENCH": "bis_prm.evaluation.metrics",
     "compute_visualprocessbench": "bis_prm.evaluation.metrics",
     "load_visualprocessbench": "bis_prm.evaluation.visualprocessbench",
+    "PROCESSBENCH": "bis_prm.evaluation.metrics",
+    "PRMBENCH": "bis_prm.evaluation.metrics",
+    "compute_processbench": "bis_prm.evaluation.metrics",
+    "compute_prmbench": "bis_prm.evaluation.metrics",
+    "load_processbench": "bis_prm.evaluation.processbench",
+    "load_prmbench": "bis_prm.evaluation.prmbench",
     "EvalConfig": "bis_prm.evaluation.runner",
     "evaluate_prm": "bis_prm.evaluation.runner",
     "best_of_n": "bis_prm.evaluation.best_of_n",
@@ -97,11 +103,9 @@ if not _started_as_the_command_line():
     importlib.import_module("bis_prm.model.modeling_prm")
 
 if not os.environ.get("BIS_PRM_NO_METRIC_INSTALL"):
-    from bis_prm.evaluation.metrics import install_metric
+    from bis_prm.evaluation.metrics import install_metrics
 
     try:
-        install_metric()
-    except OSError as err:  # a read-only cache only loses the bare name; evaluate.load(VISUALPROCESSBENCH) still works
-        warnings.warn(
-            f"Could not install the visualprocessbench metric into evaluate's modules cache: {err}", stacklevel=2
-        )
+        install_metrics()
+    except OSError as err:  # a read-only cache only loses the bare names; loading a script by its path still works
+        warnings.warn(f"Could not install the bis_prm metrics into evaluate's modules cache: {err}", stacklevel=2)

@@ -1,6 +1,7 @@
 """Offline building blocks for tests and demos: tiny random checkpoints and synthetic data in the real layouts.
 
-`make_corpus` writes a synthetic corpus in the VisualPRM400K-Raw layout (any size, for tests and benchmarks).
+`make_corpus` writes a synthetic corpus in the VisualPRM400K-Raw layout (any size, for tests and benchmarks);
+`write_visualprocessbench`, `write_processbench` and `write_prmbench` write benchmarks in their real layouts.
 `make_tiny_vlm` writes a base `...ForConditionalGeneration` checkpoint (a couple of layers, hidden size 64, a tiny
 vision tower) together with a working processor: a byte-level BPE tokenizer trained here on a small built-in text,
 the architecture's special tokens, a ChatML-style chat template and an image processor sized so that an image costs
@@ -29,6 +30,8 @@ __all__ = [
     "make_tiny_lm",
     "make_tiny_vlm",
     "tiny_tokenizer",
+    "write_prmbench",
+    "write_processbench",
     "write_visualprocessbench",
 ]
 
@@ -916,4 +919,165 @@ def write_visualprocessbench(
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
     root.mkdir(parents=True, exist_ok=True)
     (root / "test.jsonl").write_text("".join(lines), encoding="utf-8")
+    return root
+
+
+PROCESSBENCH_SPLITS = {"gsm8k": 400, "math": 1000, "olympiadbench": 1000, "omnimath": 1000}
+
+
+def write_processbench(
+    root: str | os.PathLike,
+    rows: int | dict[str, int] | None = None,
+    seed: int = 0,
+    steps: tuple[int, int] = (1, 12),
+    layout: str = "official",
+    json_lines: bool = False,
+    correct_share: float = 0.45,
+) -> Path:
+    """
+    Write a synthetic benchmark in the ProcessBench layout, one file per split, and return `root`.
+
+    `layout="official"` writes the fields of `Qwen/ProcessBench` (`id`, `generator`, `problem`, `steps`,
+    `final_answer_correct`, `label`: the 0-based first wrong step or -1), `layout="trl"` TRL's stepwise fields
+    (`prompt`, `completions`, `labels`: `True` up to the first wrong step, `False` from there). Files are
+    `<split>.json` JSON arrays (indented, one field per line) or, with `json_lines=True`, `<split>.jsonl`.
+
+    Args:
+        root (`str` or `os.PathLike`): output directory.
+        rows (`int` or `dict[str, int]`, *optional*): problems per split (an `int`: the same for the four splits);
+            defaults to the real 400 / 1,000 / 1,000 / 1,000.
+        seed (`int`, *optional*, defaults to `0`): the same seed writes the same bytes.
+        steps (`tuple[int, int]`, *optional*, defaults to `(1, 12)`): range of steps per problem.
+        layout (`str`, *optional*, defaults to `"official"`): `"official"` or `"trl"`.
+        json_lines (`bool`, *optional*, defaults to `False`): JSON lines instead of JSON arrays.
+        correct_share (`float`, *optional*, defaults to `0.45`): share of all-correct solutions.
+
+    Example:
+
+    ```python
+    >>> bench = write_processbench("/tmp/pb", rows=10)  # doctest: +SKIP
+    >>> sorted(p.name for p in bench.iterdir())  # doctest: +SKIP
+    ['gsm8k.json', 'math.json', 'olympiadbench.json', 'omnimath.json']
+
+    ```
+    """
+    if layout not in ("official", "trl"):
+        raise ValueError(f'layout must be "official" or "trl", got {layout!r}.')
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    counts = (
+        rows if isinstance(rows, dict) else {s: (n if rows is None else rows) for s, n in PROCESSBENCH_SPLITS.items()}
+    )
+    for split, count in counts.items():
+        records = []
+        for index in range(count):
+            n = rng.randint(*steps)
+            label = -1 if rng.random() < correct_share else rng.randrange(n)
+            problem = f"{_corpus_text(rng, rng.randint(10, 40))}?"
+            solution = [f"{_corpus_text(rng, rng.randint(5, 30))}." for _ in range(n)]
+            if layout == "official":
+                records.append(
+                    {
+                        "id": f"{split}-{index}",
+                        "generator": rng.choice(["Qwen2-7B-Instruct", "Llama-3.1-70B-Instruct", "QwQ-32B-Preview"]),
+                        "problem": problem,
+                        "steps": solution,
+                        "final_answer_correct": label == -1 or rng.random() < 0.3,
+                        "label": label,
+                    }
+                )
+            else:
+                labels = [True] * n if label == -1 else [True] * label + [False] * (n - label)
+                records.append({"prompt": problem, "completions": solution, "labels": labels})
+        if json_lines:
+            text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+            (root / f"{split}.jsonl").write_text(text, encoding="utf-8")
+        else:
+            (root / f"{split}.json").write_text(json.dumps(records, ensure_ascii=False, indent=2), encoding="utf-8")
+    return root
+
+
+PRMBENCH_CATEGORIES = (
+    "circular",
+    "confidence",
+    "counterfactual",
+    "deception",
+    "domain_inconsistency",
+    "missing_condition",
+    "redundency",
+    "step_contradiction",
+)
+
+
+def write_prmbench(root: str | os.PathLike, rows: int = 4, seed: int = 0, steps: tuple[int, int] = (2, 10)) -> Path:
+    """
+    Write a synthetic benchmark in the PRMBench layout (the official toolkit's `prmtest_classified` data: one JSONL
+    file per category, `prm800k_test_p1_4o_<category>.jsonl`, and `prm_test_p12_multi_solutions.jsonl`) and return
+    `root`.
+
+    Every line has the real fields: `original_question`, `modified_question`, `original_process`,
+    `modified_process` (steps numbered `"1. "`, ...), `modified_steps`, `error_steps` (1-based; a few name a step
+    past the end, as in the real data), `reason`, `idx`, `question` and `classification`; the multi-solution lines
+    have no error step and carry `ground_truth` and `original_response`.
+
+    Args:
+        root (`str` or `os.PathLike`): output directory.
+        rows (`int`, *optional*, defaults to `4`): lines per file (the same `idx` values in every file).
+        seed (`int`, *optional*, defaults to `0`): the same seed writes the same bytes.
+        steps (`tuple[int, int]`, *optional*, defaults to `(2, 10)`): range of steps per solution.
+
+    Example:
+
+    ```python
+    >>> bench = write_prmbench("/tmp/prmbench", rows=3)  # doctest: +SKIP
+    >>> len(list(bench.iterdir()))  # doctest: +SKIP
+    9
+
+    ```
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    originals = []
+    for index in range(rows):
+        n = rng.randint(*steps)
+        question = f"{_corpus_text(rng, rng.randint(10, 30))}?"
+        originals.append(
+            (f"prm_test_p1_{index}", question, [f"{_corpus_text(rng, rng.randint(5, 20))}." for _ in range(n)])
+        )
+    for category in (*PRMBENCH_CATEGORIES, "multi_solutions"):
+        lines = []
+        for idx, question, process in originals:
+            n = rng.randint(*steps)
+            modified = [f"{j + 1}. {_corpus_text(rng, rng.randint(5, 20))}." for j in range(n)]
+            if category == "multi_solutions":
+                error_steps: list[int] = []
+                modified = [f"Step {j + 1}. {step.split('. ', 1)[1]}" for j, step in enumerate(modified)]
+            else:
+                error_steps = sorted(rng.sample(range(1, n + 1), rng.randint(1, min(3, n))))
+                if rng.random() < 0.1:
+                    error_steps.append(n + 1)  # the real data has a few of these; they name no step
+            record = {
+                "original_question": question,
+                "modified_question": question if category != "missing_condition" else question[: len(question) // 2],
+                "original_process": [f"{j + 1}. {step}" for j, step in enumerate(process)],
+                "modified_process": modified,
+                "modified_steps": list(error_steps),
+                "error_steps": error_steps,
+                "reason": _corpus_text(rng, 12),
+                "idx": idx,
+                "question": question,
+                "classification": category,
+            }
+            if category == "multi_solutions":
+                record["ground_truth"] = rng.choice(["12", "3.5", "7"])
+                record["original_response"] = "\n\n".join(process)
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        name = (
+            "prm_test_p12_multi_solutions.jsonl"
+            if category == "multi_solutions"
+            else f"prm800k_test_p1_4o_{category}.jsonl"
+        )
+        (root / name).write_text("".join(lines), encoding="utf-8")
     return root

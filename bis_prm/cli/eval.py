@@ -1,4 +1,4 @@
-"""`bis-prm eval`: evaluate a PRM on VisualProcessBench (or a benchmark in its layout)."""
+"""`bis-prm eval`: evaluate a PRM on VisualProcessBench, ProcessBench or PRMBench (or a benchmark in their layouts)."""
 
 from __future__ import annotations
 
@@ -25,15 +25,26 @@ def add_parser(subparsers, name: str, help: str) -> None:
         name,
         help=help,
         description=(
-            "Score every step of a VisualProcessBench-layout benchmark (<dir>/test.jsonl + images, or a Hub dataset "
-            "id) with a PRM and write predictions.jsonl, metrics.json, metrics.md and plots.png. Every data source "
-            "of the file is evaluated; rows that cannot be scored are skipped and listed by reason and line. "
+            "Score every step of a benchmark with a PRM and write predictions.jsonl, metrics.json, metrics.md and "
+            "plots.png: VisualProcessBench (<dir>/test.jsonl + images), ProcessBench (gsm8k.json, math.json, ...) or "
+            "PRMBench (.jsonl files), a local directory or a Hub dataset id (the type is detected, or given by "
+            "--benchmark-type). Rows that cannot be scored are skipped and listed by reason and line. "
             "Several GPUs: `accelerate launch --num_processes N -m bis_prm eval ...`."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="A saved PRM (directory or Hub id).")
-    parser.add_argument("--benchmark", default="OpenGVLab/VisualProcessBench", help="Directory, JSONL or Hub id.")
+    parser.add_argument(
+        "--benchmark",
+        default="OpenGVLab/VisualProcessBench",
+        help="Directory, file or Hub id (e.g. Qwen/ProcessBench, hitsmy/PRMBench_Preview).",
+    )
+    parser.add_argument(
+        "--benchmark-type",
+        choices=["visualprocessbench", "processbench", "prmbench"],
+        default=None,
+        help="The benchmark's layout and metric; detected from --benchmark when not given.",
+    )
     parser.add_argument("--output-dir", required=True, type=writable_dir, help="Output directory.")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="Most rows per forward pass.")
     parser.add_argument(
@@ -46,7 +57,10 @@ def add_parser(subparsers, name: str, help: str) -> None:
         help="DataLoader workers decoding images, per process (default: min(4, CPU cores / processes)).",
     )
     parser.add_argument(
-        "--threshold", type=_threshold, default=0.5, help='A float in [0, 1], or "auto" (tuned on these predictions).'
+        "--threshold",
+        type=_threshold,
+        default=0.5,
+        help='A float in [0, 1], or "auto" (tuned on these predictions; not for PRMBench).',
     )
     parser.add_argument(
         "--threshold-from",
@@ -61,9 +75,12 @@ def add_parser(subparsers, name: str, help: str) -> None:
         default=None,
         help="Tile rows with more images into one grid (single-image models).",
     )
-    parser.add_argument("--split", default="test", help="The benchmark's JSONL stem.")
+    parser.add_argument("--split", default="test", help="VisualProcessBench: the benchmark's JSONL stem.")
     parser.add_argument(
-        "--sources", nargs="+", default=None, help="Evaluate only these data_source values (exact names)."
+        "--sources",
+        nargs="+",
+        default=None,
+        help="Evaluate only these data_source values (ProcessBench: splits; PRMBench: classifications), exact names.",
     )
     parser.add_argument("--strict", action="store_true", help="Fail on the first unusable row instead of skipping.")
     parser.add_argument(
@@ -86,9 +103,20 @@ def run(args: argparse.Namespace) -> int:
     benchmark = args.benchmark
     if not os.path.exists(benchmark) and (benchmark.count("/") != 1 or benchmark.startswith((".", "/", "~"))):
         raise CommandError(f"benchmark {benchmark} does not exist (and is not a Hub dataset id)")
-    if os.path.isdir(benchmark) and not os.path.isfile(os.path.join(benchmark, f"{args.split}.jsonl")):
-        raise CommandError(f"no {args.split}.jsonl in {benchmark}")
 
+    from bis_prm.evaluation.adapters import ADAPTERS, detect_benchmark_type
+
+    benchmark_type = args.benchmark_type or detect_benchmark_type(benchmark, args.split)
+    if (
+        benchmark_type == "visualprocessbench"
+        and os.path.isdir(benchmark)
+        and not os.path.isfile(os.path.join(benchmark, f"{args.split}.jsonl"))
+    ):
+        raise CommandError(f"no {args.split}.jsonl in {benchmark}")
+    if not ADAPTERS[benchmark_type].auto_threshold and (args.threshold == "auto" or args.threshold_from):
+        raise CommandError(f"{benchmark_type} takes a fixed --threshold (no auto, no --threshold-from)")
+
+    from bis_prm.evaluation.benchmark import BenchmarkNotFoundError
     from bis_prm.evaluation.runner import EvalConfig, NoUsableRowsError, evaluate_prm
 
     config = EvalConfig(
@@ -108,9 +136,10 @@ def run(args: argparse.Namespace) -> int:
         head=args.head,
         dtype=args.dtype,
         attn_implementation=args.attn_implementation,
+        benchmark_type=benchmark_type,
     )
     try:
         evaluate_prm(config)
-    except NoUsableRowsError as error:
+    except (NoUsableRowsError, BenchmarkNotFoundError) as error:
         raise CommandError(str(error)) from None
     return 0

@@ -16,7 +16,7 @@ reference's `converted_soft`), written as `json.dumps` writes floats.
 its 1-based line and one of `SKIP_REASONS`:
 
 - `undecodable_line`: bytes that are not UTF-8; `broken_json`: not JSON (both from
-  [`~bis_prm.evaluation.jsonl.iter_jsonl`]).
+  [`~bis_prm.io.jsonl.iter_jsonl`]).
 - `wrong_type`: not a JSON object, or `conversations` is not a human turn followed by a gpt turn whose values are a
   string and a list.
 - `invalid_text`: a text holds a lone surrogate escape (`\\ud83d`), which no UTF-8 column can store.
@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bis_prm.evaluation.jsonl import UTF8_BOM, SkippedRows, encodes_as_utf8, iter_jsonl
+from bis_prm.io.jsonl import UTF8_BOM, SkippedRows, encodes_as_utf8, iter_jsonl
 
 from .arrow_utils import arrow_columns, list_array, list_parts
 from .prompt import PROCESS_PREFIX, QUESTION_PREFIX, ExampleError, prompt_column
@@ -273,7 +273,7 @@ def read_internvl_rows(path: str | os.PathLike) -> tuple[list[dict], SkippedRows
 
     Returns:
         `tuple`: the rollouts (`line`, `image` as a list of paths, `question`, `steps`, `labels`) in file order, and
-        the [`~bis_prm.evaluation.jsonl.SkippedRows`].
+        the [`~bis_prm.io.jsonl.SkippedRows`].
 
     Example:
 

@@ -24,7 +24,7 @@ from typing import Any
 import datasets
 import pyarrow as pa
 
-from bis_prm.evaluation.jsonl import iter_jsonl
+from bis_prm.io.jsonl import iter_jsonl
 
 from .visualprm400k import ROLLOUT_SCHEMA
 

@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 from tqdm.auto import tqdm
 
-from bis_prm.evaluation.jsonl import encodes_as_utf8
+from bis_prm.io.jsonl import encodes_as_utf8
 
 from .arrow_utils import list_array, list_parts, per_row_sum
 from .images import paths_outside_root

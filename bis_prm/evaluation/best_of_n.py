@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bis_prm.data.images import MAX_IMAGE_PIXELS, ImageProblem, read_image_size, resolve_image
-from bis_prm.evaluation.jsonl import SkippedRows, iter_jsonl
+from bis_prm.io.jsonl import SkippedRows, iter_jsonl
 
 __all__ = ["best_of_n", "load_candidates", "rerank"]
 
@@ -59,7 +59,7 @@ def load_candidates(
     headers. A line that cannot be reranked is skipped and recorded with its reason and 1-based line.
 
     Returns:
-        `tuple`: the usable questions (each with its `line`) and the [`~bis_prm.evaluation.jsonl.SkippedRows`].
+        `tuple`: the usable questions (each with its `line`) and the [`~bis_prm.io.jsonl.SkippedRows`].
 
     Example:
 

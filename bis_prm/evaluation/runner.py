@@ -1,4 +1,8 @@
-"""`bis-prm eval`: score every step of a VisualProcessBench-layout benchmark with a PRM and write its metrics.
+"""`bis-prm eval`: score every step of a benchmark with a PRM and write its metrics.
+
+One scoring path for every benchmark (VisualProcessBench, ProcessBench, PRMBench): a benchmark is an adapter of
+`bis_prm.evaluation.adapters` (its reader, metric, `predictions.jsonl` row, table and plot), chosen from
+`EvalConfig.benchmark_type` or detected from the benchmark's files or Hub id.
 
 Built for a 7-8B PRM on one or more GPUs: the model is loaded in its checkpoint's dtype straight onto its device;
 rows are batched by total tokens (text + image tokens, image sizes from the file headers), longest first, and
@@ -20,8 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bis_prm.evaluation.metrics import compute_visualprocessbench, select_threshold
-from bis_prm.evaluation.visualprocessbench import VisualProcessBench, display_source, load_visualprocessbench
+from bis_prm.evaluation.adapters import ADAPTERS, BenchmarkAdapter, detect_benchmark_type, read_predictions
+from bis_prm.evaluation.benchmark import Benchmark
 
 __all__ = ["EvalConfig", "NoUsableRowsError", "evaluate_prm", "metrics_table", "plot_metrics", "read_predictions"]
 
@@ -39,7 +43,8 @@ class EvalConfig:
         model (`str`):
             A saved PRM (local directory or Hub id).
         benchmark (`str`):
-            A directory with `test.jsonl` and images, a JSONL file, or a Hub dataset repo id.
+            A benchmark directory or file, or a Hub dataset repo id: VisualProcessBench (`<dir>/test.jsonl` and
+            images), ProcessBench (`gsm8k.json`, ...) or PRMBench (`.jsonl` files).
         output_dir (`str`):
             Where `predictions.jsonl`, `metrics.json`, `metrics.md` and `plots.png` are written.
         batch_size (`int`, *optional*, defaults to `8`):
@@ -50,17 +55,21 @@ class EvalConfig:
             `DataLoader` workers per process that decode images and run the processor; defaults to
             `min(4, CPU cores / processes)`.
         threshold (`float` or `str`, *optional*, defaults to `0.5`):
-            A float in [0, 1], or `"auto"` to tune it on the evaluated predictions as the reference evaluator does.
+            A float in [0, 1], or `"auto"` to tune it on the evaluated predictions (not for PRMBench, whose toolkit
+            fixes it).
         threshold_from (`str`, *optional*):
             A `predictions.jsonl` of another split (e.g. a dev split) to tune the threshold on; overrides `threshold`.
         max_rows (`int`, *optional*):
-            Evaluate only the first rows of the file.
+            Evaluate only the first rows of the file (of each file, for ProcessBench and PRMBench).
         max_images (`int`, *optional*):
             Tile rows with more images into one grid (at most 3 columns) for models that take a single image.
         split (`str`, *optional*, defaults to `"test"`):
-            The benchmark's JSONL stem.
+            VisualProcessBench: the benchmark's JSONL stem.
         sources (`list[str]`, *optional*):
-            Evaluate only these `data_source` values (exact names); every source when `None`.
+            Evaluate only these `data_source` values (VisualProcessBench), splits (ProcessBench) or classifications
+            (PRMBench), exact names; everything when `None`.
+        benchmark_type (`str`, *optional*):
+            `"visualprocessbench"`, `"processbench"` or `"prmbench"`; detected from `benchmark` when `None`.
         strict (`bool`, *optional*, defaults to `False`):
             Fail on the first unusable row instead of skipping and counting it.
         head (`str`, *optional*):
@@ -88,121 +97,39 @@ class EvalConfig:
     head: str | None = None
     dtype: str = "auto"
     attn_implementation: str | None = None
+    benchmark_type: str | None = None
 
 
-def read_predictions(path: str | os.PathLike) -> tuple[list, list, list]:
-    """Read a `predictions.jsonl` written by `bis-prm eval` into (scores, references, data_sources)."""
-    predictions, references, data_sources = [], [], []
-    with open(path, encoding="utf-8-sig") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                predictions.append(row["scores"])
-                references.append(row["references"])
-                data_sources.append(row["data_source"])
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}, line {line_number}: not a bis-prm predictions row ({err}).") from None
-    return predictions, references, data_sources
+def adapter_for(config: EvalConfig) -> BenchmarkAdapter:
+    """The adapter of `config.benchmark_type`, or of the type detected from `config.benchmark`."""
+    name = config.benchmark_type or detect_benchmark_type(config.benchmark, config.split)
+    if name not in ADAPTERS:
+        raise ValueError(f"benchmark_type must be one of {', '.join(ADAPTERS)}, got {name!r}.")
+    return ADAPTERS[name]
 
 
-def _choose_threshold(config: EvalConfig) -> tuple[float | str, str | None]:
+def _choose_threshold(config: EvalConfig, adapter: BenchmarkAdapter) -> tuple[float | str, str | None]:
     if config.threshold_from is not None:
-        threshold = select_threshold(*read_predictions(config.threshold_from))
-        return threshold, f"auto (separate split: {config.threshold_from})"
+        return adapter.tune(config.threshold_from), f"auto (separate split: {config.threshold_from})"
     return config.threshold, None
 
 
-def _lines_text(lines: list[int], limit: int = 20) -> str:
-    shown = ", ".join(str(line) for line in lines[:limit])
-    return shown + (f", ... ({len(lines) - limit} more)" if len(lines) > limit else "")
-
-
 def metrics_table(metrics: dict) -> str:
-    """The per-source Markdown table of a metrics dict (percentages, as in the papers), with the skipped rows."""
-    lines = [
-        f"Threshold: {metrics['threshold']:.4f} ({metrics['threshold_source']}); "
-        f"counted steps: {metrics['total_steps']}; rows scored: {metrics['rows']} of {metrics['rows_read']}",
-        "",
-        "| source | steps | macro-F1 | F1 (correct) | F1 (wrong) |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for source, m in metrics["per_source"].items():
-        lines.append(
-            f"| {display_source(source)} | {m['steps']} | {100 * m['macro_f1']:.2f} | {100 * m['f1_positive']:.2f} "
-            f"| {100 * m['f1_negative']:.2f} |"
-        )
-    overall = 100 * metrics["micro_over_sources"]
-    lines.append(f"| **Overall (micro over sources)** | {metrics['total_steps']} | **{overall:.2f}** | | |")
-    lines.append(
-        f"| Pooled | {metrics['total_steps']} | {100 * metrics['macro_f1_pooled']:.2f} "
-        f"| {100 * metrics['f1_positive']:.2f} | {100 * metrics['f1_negative']:.2f} |"
-    )
-    renamed = [f"{display_source(name)} = `{name}`" for name in metrics["per_source"] if display_source(name) != name]
-    auroc = "n/a" if metrics["auroc"] is None else f"{metrics['auroc']:.4f}"
-    lines += ["", f"AUROC: {auroc}."]
-    if renamed:
-        lines.append(f"Source names in metrics.json: {', '.join(renamed)}.")
-    skipped = metrics["skipped"]
-    if skipped:
-        total = sum(entry["count"] for entry in skipped.values())
-        lines += ["", f"**Skipped rows: {total}** (not in the metrics; 1-based lines of the JSONL file):", ""]
-        lines += [
-            f"- {reason}: {entry['count']} (lines {_lines_text(entry['lines'])})" for reason, entry in skipped.items()
-        ]
-    else:
-        lines += ["", "Skipped rows: none."]
-    excluded = metrics.get("excluded_by_sources") or {}
-    if excluded:
-        lines.append(
-            f"Rows left out by the `sources` filter: {sum(excluded.values())} "
-            f"({', '.join(f'{name}: {n}' for name, n in excluded.items())})."
-        )
-    return "\n".join(lines) + "\n"
+    """The per-source Markdown table of VisualProcessBench metrics (percentages, as in the papers), with the
+    skipped rows."""
+    return ADAPTERS["visualprocessbench"].table(metrics)
 
 
 def plot_metrics(metrics: dict, predictions: list[dict], path: str | os.PathLike) -> None:
     """Per-source F1 bars and the score histograms of correct / wrong / neutral steps, saved to `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    figure, (bars, histogram) = plt.subplots(1, 2, figsize=(12, 4.5))
-    sources = list(metrics["per_source"])
-    x = np.arange(len(sources))
-    for offset, key, label in [
-        (-0.25, "macro_f1", "macro-F1"),
-        (0, "f1_positive", "F1 correct"),
-        (0.25, "f1_negative", "F1 wrong"),
-    ]:
-        bars.bar(x + offset, [metrics["per_source"][s][key] for s in sources], width=0.25, label=label)
-    bars.axhline(metrics["micro_over_sources"], color="black", linestyle="--", label="overall")
-    bars.set_xticks(x, [display_source(source) for source in sources], rotation=20)
-    bars.set_ylim(0, 1)
-    bars.set_title(f"F1 per source (threshold {metrics['threshold']:.3f})")
-    bars.legend(fontsize="small")
-    scores = np.array([s for row in predictions for s in row["scores"]], dtype=float)
-    labels = np.array([y for row in predictions for y in row["references"]], dtype=int)
-    for value, name in [(1, "correct"), (-1, "wrong"), (0, "neutral")]:
-        if (labels == value).any():
-            histogram.hist(scores[labels == value], bins=20, range=(0, 1), alpha=0.5, label=name)
-    histogram.axvline(metrics["threshold"], color="black", linestyle="--")
-    histogram.set_title("Step scores by label")
-    histogram.set_xlabel("P(correct)")
-    histogram.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    ADAPTERS["visualprocessbench"].plot(metrics, predictions, path)
 
 
-def _no_usable_rows(benchmark: VisualProcessBench, when: str) -> NoUsableRowsError:
+def _no_usable_rows(benchmark: Benchmark, when: str, filter_name: str = "sources") -> NoUsableRowsError:
     counts = benchmark.skip_counts()
     why = ", ".join(f"{reason}: {n}" for reason, n in counts.items()) or "the file has no row"
     if benchmark.excluded:
-        why += f"; {sum(benchmark.excluded.values())} left out by the sources filter"
+        why += f"; {sum(benchmark.excluded.values())} left out by the {filter_name} filter"
     return NoUsableRowsError(f"no row of {benchmark.path} could be {when} ({why})")
 
 
@@ -262,22 +189,18 @@ def evaluate_prm(config: EvalConfig) -> dict | None:
     from bis_prm.model.inference import StepScorer, deal_batches, plan_batches
 
     state = PartialState()
+    adapter = adapter_for(config)
+    if config.threshold == "auto" and not adapter.auto_threshold:
+        raise ValueError(f'{adapter.name} takes a fixed threshold, not "auto".')
     # tune first: a bad --threshold-from file fails before the (long) scoring
-    threshold, threshold_source = _choose_threshold(config)
-    benchmark = load_visualprocessbench(
-        config.benchmark,
-        split=config.split,
-        sources=config.sources,
-        strict=config.strict,
-        max_rows=config.max_rows,
-        step_token=_step_token(config.model),
-    )
+    threshold, threshold_source = _choose_threshold(config, adapter)
+    benchmark = adapter.load(config, _step_token(config.model))
     if not benchmark.rows:
-        raise _no_usable_rows(benchmark, "read")
+        raise _no_usable_rows(benchmark, "read", adapter.filter_name)
     if state.is_main_process:
         print(
-            f"{benchmark.path}: {len(benchmark.rows)} usable rows of {benchmark.lines_read}, {benchmark.num_steps} "
-            f"steps; skipped: {benchmark.skip_counts() or 'none'}"
+            f"{benchmark.path} ({adapter.name}): {len(benchmark.rows)} usable rows of {benchmark.lines_read}, "
+            f"{benchmark.num_steps} steps; skipped: {benchmark.skip_counts() or 'none'}"
             + (f"; left out by --sources: {benchmark.excluded}" if benchmark.excluded else "")
         )
 
@@ -304,32 +227,18 @@ def evaluate_prm(config: EvalConfig) -> dict | None:
 
     scored = {row: scores for row, scores, _ in results if scores is not None}
     for row, _, failure in sorted((r for r in results if r[2] is not None), key=lambda r: r[0]):
-        benchmark.skipped.add(failure[0], rows[row]["line"], failure[1])
+        benchmark.skipped.add(failure[0], rows[row]["line"], failure[1], file=rows[row].get("file"))
     if not scored:
-        raise _no_usable_rows(benchmark, "scored")
-    predictions = [
-        {
-            "index": row["index"],
-            "line": row["line"],
-            "data_source": row["data_source"],
-            "scores": scored[position],
-            "references": row["labels"],
-        }
-        for position, row in enumerate(rows)
-        if position in scored
-    ]
-    metrics = compute_visualprocessbench(
-        [row["scores"] for row in predictions],
-        [row["references"] for row in predictions],
-        [row["data_source"] for row in predictions],
-        threshold=threshold,
-    )
+        raise _no_usable_rows(benchmark, "scored", adapter.filter_name)
+    predictions = [adapter.prediction(row, scored[p]) for p, row in enumerate(rows) if p in scored]
+    metrics = adapter.compute(predictions, threshold)
     metrics["threshold_source"] = threshold_source or metrics["threshold_source"]
     metrics["rows"] = len(predictions)
     metrics["rows_read"] = benchmark.lines_read
     metrics["skipped"] = benchmark.skipped_summary()
     metrics["excluded_by_sources"] = dict(benchmark.excluded)
     metrics["benchmark"] = str(benchmark.path)
+    metrics["benchmark_type"] = adapter.name
     metrics["model"] = str(config.model)
 
     output_dir = Path(config.output_dir)
@@ -337,12 +246,13 @@ def evaluate_prm(config: EvalConfig) -> dict | None:
     with open(output_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row) + "\n" for row in predictions)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    table = metrics_table(metrics)
+    table = adapter.table(metrics)
     (output_dir / "metrics.md").write_text(table, encoding="utf-8")
-    plot_metrics(metrics, predictions, output_dir / "plots.png")
+    adapter.plot(metrics, predictions, output_dir / "plots.png")
     print(table)
     print(
-        f"Scored {len(predictions)} rows in {seconds:.1f} s ({len(predictions) / seconds:.1f} rows/s) on "
+        f"{adapter.headline(metrics)}; scored {len(predictions)} rows in {seconds:.1f} s "
+        f"({len(predictions) / seconds:.1f} rows/s) on "
         f"{state.num_processes} process(es); padding: {100 * scorer.stats.padding_fraction:.1f} % of the computed "
         "tokens (rank 0)."
     )

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bis_prm.data.images import MAX_IMAGE_PIXELS, ImageProblem, read_image_size, resolve_image
-from bis_prm.evaluation.jsonl import SkippedRows, encodes_as_utf8, iter_jsonl
+from bis_prm.evaluation.benchmark import Benchmark, benchmark_root, text_problem
+from bis_prm.io.jsonl import iter_jsonl
 
 __all__ = [
     "PAPER_SOURCES",
@@ -76,16 +77,16 @@ def display_source(name: str) -> str:
 
 
 @dataclass
-class VisualProcessBench:
+class VisualProcessBench(Benchmark):
     """
-    A loaded benchmark.
+    A loaded VisualProcessBench.
 
     Parameters:
         rows (`list[dict]`):
             The usable rows: `index` (0-based line in the JSONL file), `line` (1-based), `image` (resolved paths),
             `image_sizes` (`(width, height)` from the file headers), `question`, `answer`, `steps`, `labels` (1, 0,
             -1), `data_source`, `policy_model`.
-        skipped ([`~bis_prm.evaluation.jsonl.SkippedRows`]):
+        skipped ([`~bis_prm.io.jsonl.SkippedRows`]):
             The rows left out, by reason (one of `SKIP_REASONS`), with their 1-based lines and problems.
         excluded (`dict[str, int]`):
             Rows left out by the `sources` filter, per data source.
@@ -95,34 +96,13 @@ class VisualProcessBench:
             Non-blank lines read.
     """
 
-    rows: list[dict] = field(default_factory=list)
-    skipped: SkippedRows = field(default_factory=SkippedRows)
-    excluded: dict[str, int] = field(default_factory=dict)
-    path: Path | None = None
-    lines_read: int = 0
-
-    @property
-    def num_steps(self) -> int:
-        return sum(len(row["labels"]) for row in self.rows)
-
-    def skip_counts(self) -> dict[str, int]:
-        return self.skipped.counts()
-
-    def skipped_summary(self) -> dict[str, dict]:
-        """Per reason: `count`, the 1-based `lines` and one `problems` message per line (for `metrics.json`)."""
-        return self.skipped.summary(SKIP_REASONS)
+    SKIP_REASONS = SKIP_REASONS
 
 
 def _resolve(dir_or_repo_id: str | os.PathLike, split: str) -> Path:
-    path = Path(dir_or_repo_id)
+    path = benchmark_root(dir_or_repo_id)
     if path.is_file():
         return path
-    if not path.exists():
-        if str(dir_or_repo_id).count("/") != 1 or str(dir_or_repo_id).startswith((".", "/")):
-            raise FileNotFoundError(f"Benchmark {dir_or_repo_id!r} is neither a local directory nor a Hub repo id.")
-        from huggingface_hub import snapshot_download
-
-        path = Path(snapshot_download(str(dir_or_repo_id), repo_type="dataset"))
     jsonl = path / f"{split}.jsonl"
     if not jsonl.is_file():
         raise FileNotFoundError(f"No {split}.jsonl in {path}.")
@@ -164,13 +144,9 @@ def _fields(record: object, step_token: str | None) -> tuple[dict | None, tuple[
     if any(isinstance(label, bool) or label not in (1, 0, -1) for label in labels):
         return None, ("bad_label", f"labels must be 1, 0 or -1, got {labels}")
     texts = [("question", record["question"]), *((f"step {i + 1}", step) for i, step in enumerate(steps))]
-    for name, text in texts:
-        if not encodes_as_utf8(text):
-            return None, ("invalid_text", f"the {name} is not valid Unicode (a lone surrogate)")
-    if step_token:
-        for name, text in texts:
-            if step_token in text:
-                return None, ("step_token_in_text", f"the {name} already contains the step token {step_token!r}")
+    problem = text_problem(texts, step_token)
+    if problem is not None:
+        return None, problem
     row = {
         "image": images,
         "question": record["question"],

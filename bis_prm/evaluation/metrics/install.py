@@ -1,4 +1,5 @@
-"""Make `evaluate.load("visualprocessbench")` resolve offline by placing the metric in evaluate's modules cache.
+"""Make `evaluate.load("visualprocessbench")` (and `"processbench"`, `"prmbench"`) resolve offline by placing the
+metrics in evaluate's modules cache.
 
 `evaluate.load(name)` with a bare name (evaluate 0.4.x, `evaluate.loading.evaluation_module_factory`) tries, in order:
 
@@ -7,9 +8,10 @@
 3. when that fails for any reason (offline, no network, no such repository), its modules cache: the most recently
    modified `<HF_MODULES_CACHE>/evaluate_modules/metrics/evaluate-metric--<name>/<64-hex hash>/<name>.py`.
 
-`install_metric` writes our script there, under the same content hash evaluate itself computes, with the package
+`install_metric` writes a script there, under the same content hash evaluate itself computes, with the package
 `__init__.py` files and the metadata JSON evaluate writes. It runs once per script version (later calls cost one read
-of the script, a hash and a `stat`), so `import bis_prm` runs it. It reads the same environment variables
+of the script, a hash and a `stat`), so `import bis_prm` runs `install_metrics`, which installs every metric of
+`METRIC_NAMES`. It reads the same environment variables
 as evaluate (`HF_MODULES_CACHE`, else `HF_HOME/modules`, else `XDG_CACHE_HOME/huggingface/modules`). Set
 `BIS_PRM_NO_METRIC_INSTALL=1` to skip it on import.
 """
@@ -25,12 +27,13 @@ import tempfile
 from pathlib import Path
 
 METRIC_NAME = "visualprocessbench"
+METRIC_NAMES = ("visualprocessbench", "processbench", "prmbench")
 # evaluate tries the "metric" namespace first: `evaluate-metric/<name>` on the Hub, `evaluate-metric--<name>` cached
 CACHE_NAMESPACE = "evaluate-metric"
 
 
-def _script_path() -> Path:
-    return Path(__file__).parent / METRIC_NAME / f"{METRIC_NAME}.py"
+def _script_path(name: str = METRIC_NAME) -> Path:
+    return Path(__file__).parent / name / f"{name}.py"
 
 
 def modules_cache() -> Path:
@@ -47,9 +50,9 @@ def script_hash(source: str) -> str:
     return hashlib.sha256("\n".join(line for line in lines if line).encode("utf-8")).hexdigest()
 
 
-def install_metric(cache_dir: str | os.PathLike | None = None) -> str:
+def install_metric(cache_dir: str | os.PathLike | None = None, name: str = METRIC_NAME) -> str:
     """
-    Install the `visualprocessbench` metric script into evaluate's modules cache, once per script version.
+    Install one of our metric scripts into evaluate's modules cache, once per script version.
 
     Writing into another library's cache is the only way to make a bare metric name resolve offline: evaluate has no
     registration API, and its other lookups are the working directory and the Hub. So it is done once, checked with one
@@ -59,6 +62,8 @@ def install_metric(cache_dir: str | os.PathLike | None = None) -> str:
     Args:
         cache_dir (`str` or `os.PathLike`, *optional*):
             The modules cache; defaults to the one evaluate uses (`HF_MODULES_CACHE`).
+        name (`str`, *optional*, defaults to `"visualprocessbench"`):
+            One of `METRIC_NAMES`.
 
     Returns:
         `str`: the path of the installed script.
@@ -72,11 +77,13 @@ def install_metric(cache_dir: str | os.PathLike | None = None) -> str:
 
     ```
     """
-    source = _script_path().read_text(encoding="utf-8")
+    if name not in METRIC_NAMES:
+        raise ValueError(f"Unknown metric {name!r}; bis_prm ships {', '.join(METRIC_NAMES)}.")
+    source = _script_path(name).read_text(encoding="utf-8")
     digest = script_hash(source)
     cache = Path(cache_dir) if cache_dir is not None else modules_cache()
-    metric_dir = cache / "evaluate_modules" / "metrics" / f"{CACHE_NAMESPACE}--{METRIC_NAME}"
-    target = metric_dir / digest / f"{METRIC_NAME}.py"
+    metric_dir = cache / "evaluate_modules" / "metrics" / f"{CACHE_NAMESPACE}--{name}"
+    target = metric_dir / digest / f"{name}.py"
     if target.is_file():
         return str(target)
 
@@ -87,9 +94,9 @@ def install_metric(cache_dir: str | os.PathLike | None = None) -> str:
     staging = Path(tempfile.mkdtemp(dir=metric_dir, prefix=f".{digest[:8]}-"))
     try:
         (staging / "__init__.py").touch()
-        (staging / f"{METRIC_NAME}.py").write_text(source, encoding="utf-8")
-        meta = {"original file path": str(_script_path()), "local file path": str(target)}
-        (staging / f"{METRIC_NAME}.json").write_text(json.dumps(meta), encoding="utf-8")
+        (staging / f"{name}.py").write_text(source, encoding="utf-8")
+        meta = {"original file path": str(_script_path(name)), "local file path": str(target)}
+        (staging / f"{name}.json").write_text(json.dumps(meta), encoding="utf-8")
         os.rename(staging, target.parent)  # evaluate takes the newest hash folder: this one, from now on
     except OSError:
         if not target.is_file():  # another process did not win the race: a real failure
@@ -97,3 +104,19 @@ def install_metric(cache_dir: str | os.PathLike | None = None) -> str:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+def install_metrics(cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """
+    Install every metric of `METRIC_NAMES` (see [`install_metric`]); returns the installed scripts' paths.
+
+    Example:
+
+    ```python
+    >>> paths = install_metrics()
+    >>> [path.split("/")[-1] for path in paths]
+    ['visualprocessbench.py', 'processbench.py', 'prmbench.py']
+
+    ```
+    """
+    return [install_metric(cache_dir, name) for name in METRIC_NAMES]

@@ -1,0 +1,1 @@
+"""Input/output shared by the data and evaluation rooms."""
