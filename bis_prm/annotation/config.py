@@ -125,7 +125,7 @@ class AnnotateConfig:
         for name in ("num_rollouts", "num_mc", "max_new_tokens", "max_steps", "batch_size", "initial_mc"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.initial_mc > self.num_mc:
+        if self.estimator == "adaptive" and self.initial_mc > self.num_mc:
             raise ValueError(f"initial_mc ({self.initial_mc}) must not exceed num_mc ({self.num_mc}).")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0 (Monte-Carlo estimation samples), got {self.temperature}.")

@@ -73,6 +73,7 @@ def estimate_cost(
     config: AnnotateConfig,
     count_tokens: Callable[[str], int] | None = None,
     expected_steps: int = 6,
+    count_prompt: Callable[[str], int] | None = None,
 ) -> CostEstimate:
     """
     The upper-bound cost of annotating `questions` with full Monte Carlo (the formula of the module docstring).
@@ -83,6 +84,8 @@ def estimate_cost(
         count_tokens (`Callable[[str], int]`, *optional*): Tokens of a text (the policy's tokenizer, chat template
             applied to prompts); defaults to characters / 4.
         expected_steps (`int`, *optional*, defaults to `6`): L for questions without a response.
+        count_prompt (`Callable[[str], int]`, *optional*): Tokens of a prompt as the policy is fed it (its chat
+            template applied); defaults to `count_tokens`.
 
     Example:
 
@@ -97,10 +100,11 @@ def estimate_cost(
     ```
     """
     count_tokens = count_tokens or (lambda text: max(1, len(text) // 4))
+    count_prompt = count_prompt or count_tokens
     T, K = config.max_new_tokens, config.num_mc
     rollouts = continuations = generated = prompt = 0
     for q in questions:
-        P = count_tokens(policy_prompt(q.question, len(q.images), config.instruction))
+        P = count_prompt(policy_prompt(q.question, len(q.images), config.instruction))
         if q.response is None and q.steps is None:
             n, L = config.num_rollouts, expected_steps
             prefix_tokens = [i * T // L for i in range(1, L + 1)]
@@ -130,14 +134,14 @@ def format_cost(cost: dict[str, float], title: str = "Cost") -> str:
     ```python
     >>> print(format_cost({"continuations": 64, "generated_tokens": 1000, "prompt_tokens": 3000,
     ...                    "cached_prompt_tokens": 2000, "wall_seconds": 1.5}))
-    Cost: 64 continuations, 1,000 generated tokens, 3,000 prompt tokens (1,000 computed, 2,000 from the prefix cache), 1.5 s
+    Cost: 64 continuations, 1,000 generated tokens, 3,000 prompt tokens (1,000 computed, 2,000 cached), 1.5 s
     ```
     """
     prompt, cached = int(cost.get("prompt_tokens", 0)), int(cost.get("cached_prompt_tokens", 0))
     parts = [
         f"{int(cost.get('continuations', 0)):,} continuations",
         f"{int(cost.get('generated_tokens', 0)):,} generated tokens",
-        f"{prompt:,} prompt tokens ({prompt - cached:,} computed, {cached:,} from the prefix cache)",
+        f"{prompt:,} prompt tokens ({prompt - cached:,} computed, {cached:,} cached)",
     ]
     if "wall_seconds" in cost:
         parts.append(f"{cost['wall_seconds']:.1f} s")

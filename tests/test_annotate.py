@@ -1,0 +1,313 @@
+"""`bis-prm annotate`: exact Monte-Carlo scores with a scripted backend, the VisualPRM400K-Raw layout read by the
+loader and `bis-prm select`, bad input rows, resume and SIGKILL, the transformers backend (and through Ray), the
+dry-run estimate and the dataset card."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bis_prm.annotation import AnnotateConfig, ScriptedBackend, run_annotation
+from bis_prm.annotation.card import build_annotation_card
+from bis_prm.annotation.estimators import AdaptiveMC, FullMC, run_estimator
+from bis_prm.annotation.pipeline import step_prefixes
+from bis_prm.annotation.questions import read_questions
+from bis_prm.annotation.store import ConfigMismatchError
+from bis_prm.annotation.verify import AnswerChecker
+from bis_prm.data.steps import split_steps
+from bis_prm.data.visualprm400k import load_visualprm400k
+
+from .utils import REPO_ROOT
+
+GOOD = "Step 1: 2 + 3 = 5.\n\nStep 2: 5 * 2 = 10.\n\nStep 3: The answer is 10."
+BAD = "Step 1: 2 + 3 = 6.\n\nStep 2: 6 * 2 = 12.\n\nStep 3: The answer is 12."
+# right continuations out of 4 from the prefix ending with step k of GOOD: 3, 2, 4
+RIGHT_AFTER = {1: 3, 2: 2, 3: 4}
+
+
+def script(request, index, seed):
+    """Rollouts: GOOD for even rollout indices, BAD for odd ones. Continuations: from a prefix of GOOD ending with
+    step k, indices below RIGHT_AFTER[k] reach 10; from a wrong prefix, none."""
+    if request.prefix == "":
+        return GOOD if index % 2 == 0 else BAD
+    if "= 6" in request.prefix:
+        return "So 12.\n\nThe answer is 12."
+    step = request.prefix.count("Step ")
+    return "The answer is 10." if index < RIGHT_AFTER[step] else "The answer is 11."
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path
+
+
+def config(tmp_path: Path, questions: Path, **overrides) -> AnnotateConfig:
+    values = dict(backend="scripted", policy="scripted-policy", num_rollouts=2, num_mc=4, progress=False)
+    return AnnotateConfig(str(questions), str(tmp_path / "out"), **{**values, **overrides})
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_exact_scores_early_stop_and_provenance(tmp_path):
+    questions = write_jsonl(tmp_path / "arith.jsonl", [{"question": "What is (2 + 3) * 2?", "answer": "10"}])
+    result = run_annotation(config(tmp_path, questions), backend=ScriptedBackend(script))
+    rows = read_rows(result.annotations_dir / "arith.jsonl")
+    assert [row["rollout_index"] for row in rows] == [0, 1]
+    good, bad = rows
+    assert [(s["num_mc_correct"], s["num_mc_total"], s["score"]) for s in good["steps_with_score"]] == [
+        (3, 4, 0.75),
+        (2, 4, 0.5),
+        (4, 4, 1.0),
+    ]
+    # the first step of BAD scores 0: the later steps are not sampled (score 0, num_mc_total 0)
+    assert [(s["num_mc_correct"], s["num_mc_total"]) for s in bad["steps_with_score"]] == [(0, 4), (0, 0), (0, 0)]
+    assert result.cost["continuations"] == 3 * 4 + 4 and result.cost["rollouts"] == 2
+    assert good["response"] == GOOD and [s["step"] for s in good["steps_with_score"]] == GOOD.split("\n\n")
+    assert good["sample_id"].endswith("-0") and bad["sample_id"] == good["sample_id"][:-1] + "1"
+    assert good["policy_model"] == "scripted-policy" and good["num_mc_sequences"] == 4
+
+
+def test_prefixes_are_exact_and_merged_to_12_steps(tmp_path):
+    response = "\n\n".join(f"piece {i}" for i in range(25))
+    seen = []
+
+    def recording(request, index, seed):
+        seen.append(request.prefix)
+        return "The answer is 1."
+
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"question": "q", "answer": "1", "response": response}])
+    result = run_annotation(config(tmp_path, questions, num_mc=2), backend=ScriptedBackend(recording))
+    (row,) = read_rows(result.annotations_dir / "q.jsonl")
+    steps = [s["step"] for s in row["steps_with_score"]]
+    assert steps == split_steps(response) and len(steps) == 9  # runs of ceil(25 / 12) = 3 pieces
+    assert steps[0] == "piece 0\n\npiece 1\n\npiece 2"
+    # each step's continuations start from exactly the prefix ending with it
+    assert seen == [prefix for prefix in step_prefixes(steps) for _ in range(2)]
+    assert all(s["score"] == 1.0 for s in row["steps_with_score"]) and row["rollout_index"] == 0
+
+
+def _png(path: Path, colour: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), colour).save(path)
+
+
+def test_visualprm400k_layout_key_by_key_and_select(tmp_path):
+    _png(tmp_path / "img" / "a.png", "red")
+    _png(tmp_path / "img" / "b.png", "blue")
+    rows = [
+        {"question": "What is (2 + 3) * 2?", "answer": "10", "image": "img/a.png", "source": "charts"},
+        {"question": "What is (2 + 3) * 2?", "answer": 10, "image": ["img/a.png", "img/b.png"], "source": "charts"},
+    ]
+    questions = write_jsonl(tmp_path / "q.jsonl", rows)
+    result = run_annotation(config(tmp_path, questions), backend=ScriptedBackend(script))
+    raw = read_rows(result.annotations_dir / "charts.jsonl")
+    assert list(raw[0]) == [
+        "image",
+        "question",
+        "question_orig",
+        "answer",
+        "response",
+        "steps_with_score",
+        "num_mc_sequences",
+        "policy_model",
+        "rollout_index",
+        "sample_id",
+    ]
+    assert list(raw[0]["steps_with_score"][0]) == ["step", "score", "num_mc_correct", "num_mc_total"]
+    assert raw[0]["image"] == "images/img/a.png" and raw[2]["image"] == ["images/img/a.png", "images/img/b.png"]
+    assert raw[0]["question"].startswith("<image>\nWhat is (2 + 3) * 2?\n")
+    assert raw[2]["question"].startswith("Image-1: <image>\nImage-2: <image>\nWhat is")
+    assert raw[0]["question_orig"] == "What is (2 + 3) * 2?" and raw[2]["answer"] == "10"
+    # the loader reads every row as valid, with the same steps and scores
+    ds = load_visualprm400k(result.output_dir)
+    assert ds["invalid_reason"] == [""] * 4 and ds["source"] == ["charts"] * 4
+    assert ds["mc_scores"] == [[s["score"] for s in row["steps_with_score"]] for row in raw]
+    assert ds["image_is_list"] == [False, False, True, True]
+    assert (result.output_dir / "images" / "img" / "b.png").read_bytes() == (tmp_path / "img" / "b.png").read_bytes()
+    out = tmp_path / "subset.jsonl"
+    command = [sys.executable, "-m", "bis_prm", "select", "--annotations-dir", str(result.output_dir)]
+    run = subprocess.run(
+        [*command, "--ratio", "0.5", "--output", str(out)], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    kept = read_rows(out)  # BIS of BAD (p_pos 0, R 1 by definition): 0.2 * 1; of GOOD (p_pos 1): 0.2 * 0.75
+    assert [(row["steps"], row["mc_scores"]) for row in kept] == [(BAD.split("\n\n"), [0.0, 0.0, 0.0])] * 2
+
+
+def test_text_only_rows_are_selected_as_stepwise(tmp_path):
+    questions = write_jsonl(tmp_path / "arith.jsonl", [{"question": "What is (2 + 3) * 2?", "answer": "10"}] * 2)
+    result = run_annotation(config(tmp_path, questions), backend=ScriptedBackend(script))
+    rows = read_rows(result.annotations_dir / "arith.jsonl")
+    assert [row["image"] for row in rows] == [[]] * 4
+    assert rows[0]["mc_scores"] == [0.75, 0.5, 1.0] and rows[0]["steps"] == GOOD.split("\n\n")
+    # two identical rows are two questions with distinct ids
+    assert len({row["sample_id"] for row in rows}) == 4
+    out = tmp_path / "subset.jsonl"
+    command = [sys.executable, "-m", "bis_prm", "select", "--annotations-dir", str(result.annotations_dir)]
+    run = subprocess.run(
+        [*command, "--layout", "stepwise", "--ratio", "0.5", "--output", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert [row["mc_scores"] for row in read_rows(out)] == [[0.0, 0.0, 0.0]] * 2  # as above
+
+
+def test_bad_rows_are_skipped_with_reason_and_line(tmp_path):
+    _png(tmp_path / "ok.png", "red")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    lines = [
+        {"question": "1 + 1?", "answer": "2"},
+        "{broken",
+        {"question": "1 + 1?"},
+        {"question": "1 + 1?", "answer": "C", "image": "nowhere.png"},
+        {"question": "1 + 1?", "answer": "2", "image": "broken.png"},
+        {"question": "1 + 1?", "answer": "2", "image": "../outside.png"},
+        {"question": ["a list"], "answer": "2"},
+        {"question": "1 + 1?", "answer": "2", "steps": ["ok", "  "]},
+        "",
+        {"question": "1 + 1?", "answer": "2", "image": ["ok.png"], "unknown": 1},
+    ]
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(l if isinstance(l, str) else json.dumps(l) for l in lines).encode())
+    questions, skipped = read_questions(path)
+    assert [(q.line, q.images) for q in questions] == [(1, []), (10, ["ok.png"])]
+    assert {reason: entry["lines"] for reason, entry in skipped.summary().items()} == {
+        "broken_json": [2],
+        "missing_answer": [3],
+        "missing_image": [4],
+        "image_unreadable": [5],
+        "image_outside_root": [6],
+        "wrong_type": [7],
+        "no_steps": [8],
+    }
+    _, skipped = read_questions(path, AnswerChecker("choice"))
+    assert skipped.summary()["unparsable_answer"]["lines"] == [1, 5, 6, 8, 10]  # "2" is no letter; line 4 is "C"
+
+
+def test_answer_checkers():
+    checker = AnswerChecker()
+    assert checker.parse_gold("\\frac{1}{2}").kind == "math"
+    assert checker("Half: $\\frac{2}{4}$.\n\nThe answer is 0.5", checker.parse_gold("\\frac{1}{2}"))
+    assert checker("So \\boxed{1+x^2}", checker.parse_gold("x^2+1"))
+    assert not checker("So \\boxed{2+x^2}", checker.parse_gold("x^2+1"))
+    assert checker("The answer is (B).", checker.parse_gold("B")) and not checker("The answer is C.", checker.parse_gold("B"))
+    assert checker("The answer is 1,000.", checker.parse_gold("1000"))
+    assert AnswerChecker(tolerance=0.01)("The answer is 3.1416", AnswerChecker().parse_gold("3.14"))
+    assert not checker("The answer is 3.1416", checker.parse_gold("3.14"))
+    # the last stated answer counts: a continuation restating the answer overrides the prefix's
+    assert not checker("The answer is 10.The answer is 11.", checker.parse_gold("10"))
+    with pytest.raises(ValueError, match="not an option letter"):
+        AnswerChecker("choice").parse_gold("42")
+    user = AnswerChecker("tests.test_annotate:ends_with_answer")
+    assert user("... 42", user.parse_gold("42")) and not user("42 ...", user.parse_gold("42"))
+
+
+def test_math_verify_runs_in_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    checker = AnswerChecker("math")
+    gold = checker.parse_gold("\\sqrt{2}")
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(lambda s: checker(s, gold), ["The answer is $\\sqrt{2}$", "The answer is 2"])) == [
+            True,
+            False,
+        ]
+
+
+def ends_with_answer(solution: str, answer: str) -> bool:
+    return solution.endswith(answer)
+
+
+def always_right(solution: str, answer: str) -> bool:
+    return True
+
+
+def test_estimators():
+    # full MC: K per step up to the first zero
+    assert run_estimator(FullMC(4, 16), lambda step, idx: [5, 0, 9, 9][step]) == [(5, 16), (0, 16), (0, 0), (0, 0)]
+    # adaptive, right answer: every step positive from the free draw; 4 draws per step, the last free
+    right = AdaptiveMC(3, 16, outcome=True)
+    assert run_estimator(right, lambda step, idx: len(idx) // 2) == [(3, 5), (3, 5), (1, 1)]
+    assert right.continuations == 8
+    # adaptive, wrong answer: step 2 has none of 4 right, the other 12 decide: still none -> stop
+    wrong = AdaptiveMC(4, 16, outcome=False)
+    draws = []
+    counts = run_estimator(wrong, lambda step, idx: draws.append((step, idx)) or (1 if step == 0 else 0))
+    assert counts == [(1, 5), (0, 17), (0, 0), (0, 0)]
+    assert draws == [(0, range(0, 4)), (1, range(0, 4)), (1, range(4, 16))]
+    # a late right continuation makes the step positive and the walk go on
+    late = AdaptiveMC(3, 16, outcome=False)
+    assert run_estimator(late, lambda step, idx: int(15 in idx)) == [(1, 17), (1, 17), (0, 1)]
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"question": "What is (2 + 3) * 2?", "answer": "10"}])
+    run_annotation(config(tmp_path, questions), backend=ScriptedBackend(script))
+    with pytest.raises(ConfigMismatchError, match=r"num_mc: 4 -> 8; seed: 0 -> 3"):
+        run_annotation(config(tmp_path, questions, num_mc=8, seed=3), backend=ScriptedBackend(script))
+    # batch size and progress only change speed: the same run resumes, with nothing left to do
+    again = run_annotation(config(tmp_path, questions, batch_size=3), backend=ScriptedBackend(script))
+    assert again.resumed and again.cost["continuations"] == 0 and again.rows == {"q": 2}
+
+
+def slow_script(request, index, seed):
+    time.sleep(0.02)
+    return script(request, index, seed)
+
+
+def run_scripted(questions: str, output_dir: str) -> None:
+    """Entry point of the SIGKILL test's subprocess."""
+    cfg = AnnotateConfig(questions, output_dir, backend="scripted", num_rollouts=2, num_mc=4, batch_size=1)
+    run_annotation(cfg, backend=ScriptedBackend(slow_script))
+
+
+def test_sigkill_then_rerun_gives_the_same_bytes(tmp_path):
+    rows = [{"question": f"What is (2 + 3) * 2? ({i})", "answer": "10", "source": f"s{i % 2}"} for i in range(8)]
+    questions = str(write_jsonl(tmp_path / "q.jsonl", rows))
+    reference = tmp_path / "reference"
+    run_annotation(
+        AnnotateConfig(questions, str(reference), backend="scripted", num_rollouts=2, num_mc=4, progress=False),
+        backend=ScriptedBackend(script),
+    )
+    killed = tmp_path / "killed"
+    code = f"from tests.test_annotate import run_scripted; run_scripted({questions!r}, {str(killed)!r})"
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stderr=open(tmp_path / "err.txt", "w"))
+    deadline = time.monotonic() + 600  # a loaded machine may take a minute to import torch
+    while len(list((killed / "parts").glob("part-*.jsonl"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    parts = len(list((killed / "parts").glob("part-*.jsonl")))
+    assert 3 <= parts < 8 and not (killed / "annotations").exists(), (tmp_path / "err.txt").read_text()
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, capture_output=True)
+    for name in ("s0.jsonl", "s1.jsonl"):
+        assert (killed / "annotations" / name).read_bytes() == (reference / "annotations" / name).read_bytes()
+    assert len(read_rows(killed / "annotations" / "s0.jsonl")) == 8
+
+
+def test_dataset_card_text(tmp_path):
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"question": "What is (2 + 3) * 2?", "answer": "10"}, {"x": 1}])
+    result = run_annotation(config(tmp_path, questions, estimator="adaptive"), backend=ScriptedBackend(script))
+    text = build_annotation_card(result.report).text
+    for line in (
+        "| policy | `scripted-policy` |",
+        "| continuations per step (K) | 4 |",
+        "| estimator | `adaptive` |",
+        "| verifier | `auto` |",
+        f"| continuations | {result.total_cost['continuations']:,} |",
+        "| q | 2 |",
+        "Input rows skipped: missing_question: 1.",
+    ):
+        assert line in text
