@@ -56,24 +56,41 @@ class FullMC:
     ```
     """
 
-    def __init__(self, num_steps: int, num_mc: int, outcome: bool | None = None):
+    def __init__(
+        self,
+        num_steps: int,
+        num_mc: int,
+        outcome: bool | None = None,
+        known: list[tuple[int, int]] | None = None,
+    ):
         self.num_steps, self.num_mc = num_steps, num_mc
+        # continuations already drawn (the first `drawn` of each step, `correct` of them right), e.g. by AdaptiveMC:
+        # only the others are drawn, and the result is the one full MC would give from scratch
+        self._known = list(known) if known is not None else [(0, 0)] * num_steps
         self.counts: list[tuple[int, int]] = [(0, 0)] * num_steps
+        self.continuations = 0
         self._next = 0
         self.done = num_steps == 0
+        self._advance()
 
     def pending(self) -> list[Draw]:
-        return [] if self.done else [Draw(self._next, 0, self.num_mc)]
+        if self.done:
+            return []
+        drawn = self._known[self._next][1]
+        return [Draw(self._next, drawn, self.num_mc - drawn)]
 
     def record(self, step: int, correct: int, n: int) -> None:
-        self.counts[step] = (correct, n)
-        self._next = step + 1
-        self.done = correct == 0 or self._next == self.num_steps
+        known_correct, drawn = self._known[step]
+        self._known[step] = (known_correct + correct, drawn + n)
+        self.continuations += n
+        self._advance()
 
-    @property
-    def continuations(self) -> int:
-        """Continuations drawn so far."""
-        return sum(total for _, total in self.counts)
+    def _advance(self) -> None:
+        while not self.done and self._known[self._next][1] >= self.num_mc:
+            correct = self._known[self._next][0]
+            self.counts[self._next] = (correct, self.num_mc)
+            self._next += 1
+            self.done = correct == 0 or self._next == self.num_steps
 
 
 class AdaptiveMC:
@@ -94,13 +111,18 @@ class AdaptiveMC:
     ```
     """
 
-    def __init__(self, num_steps: int, num_mc: int, outcome: bool | None = None, initial_mc: int = 4):
+    def __init__(
+        self, num_steps: int, num_mc: int, outcome: bool | None = None, initial_mc: int = 4, right_mc: int | None = None
+    ):
         if outcome is None:
             raise ValueError("AdaptiveMC needs the rollout's own outcome")
         self.num_steps, self.num_mc, self.initial_mc, self.outcome = num_steps, num_mc, initial_mc, outcome
+        # continuations per step of a rollout whose answer is right (its labels are known: only R is estimated)
+        self.right_mc = initial_mc if right_mc is None else right_mc
         # the rollout itself: one free draw per step
         self.counts: list[tuple[int, int]] = [(int(outcome), 1)] * num_steps
         self._drawn = [0] * num_steps
+        self._right = [0] * num_steps
         self._stopped = False
         self._next = 0  # the step a wrong rollout is walking
 
@@ -111,7 +133,7 @@ class AdaptiveMC:
     def pending(self) -> list[Draw]:
         last = self.num_steps - 1  # its score is the outcome, free
         if self.outcome:
-            return [Draw(step, 0, self.initial_mc) for step in range(last) if self._drawn[step] == 0]
+            return [Draw(step, 0, self.right_mc) for step in range(last) if self._drawn[step] == 0 and self.right_mc]
         if self._stopped or self._next >= last:
             return []
         step = self._next
@@ -123,6 +145,7 @@ class AdaptiveMC:
         right, total = self.counts[step]
         self.counts[step] = (right + correct, total + n)
         self._drawn[step] += n
+        self._right[step] += correct
         if self.outcome:
             return
         if right + correct > 0:
@@ -136,6 +159,11 @@ class AdaptiveMC:
     def continuations(self) -> int:
         """Continuations drawn so far (the free ones not counted)."""
         return sum(self._drawn)
+
+    def drawn(self) -> list[tuple[int, int]]:
+        """Per step, `(right, drawn)` of the continuations drawn (the free draw not included): what a [`FullMC`]
+        refinement reuses."""
+        return list(zip(self._right, self._drawn, strict=True))
 
 
 ESTIMATORS = {"full": FullMC, "adaptive": AdaptiveMC}
