@@ -180,7 +180,7 @@ def test_bad_rows_are_skipped_with_reason_and_line(tmp_path):
         {"question": "1 + 1?", "answer": "2", "image": ["ok.png"], "unknown": 1},
     ]
     path = tmp_path / "q.jsonl"
-    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(l if isinstance(l, str) else json.dumps(l) for l in lines).encode())
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines).encode())
     questions, skipped = read_questions(path)
     assert [(q.line, q.images) for q in questions] == [(1, []), (10, ["ok.png"])]
     assert {reason: entry["lines"] for reason, entry in skipped.summary().items()} == {
@@ -202,7 +202,9 @@ def test_answer_checkers():
     assert checker("Half: $\\frac{2}{4}$.\n\nThe answer is 0.5", checker.parse_gold("\\frac{1}{2}"))
     assert checker("So \\boxed{1+x^2}", checker.parse_gold("x^2+1"))
     assert not checker("So \\boxed{2+x^2}", checker.parse_gold("x^2+1"))
-    assert checker("The answer is (B).", checker.parse_gold("B")) and not checker("The answer is C.", checker.parse_gold("B"))
+    assert checker("The answer is (B).", checker.parse_gold("B")) and not checker(
+        "The answer is C.", checker.parse_gold("B")
+    )
     assert checker("The answer is 1,000.", checker.parse_gold("1000"))
     assert AnswerChecker(tolerance=0.01)("The answer is 3.1416", AnswerChecker().parse_gold("3.14"))
     assert not checker("The answer is 3.1416", checker.parse_gold("3.14"))
@@ -311,3 +313,25 @@ def test_dataset_card_text(tmp_path):
         "Input rows skipped: missing_question: 1.",
     ):
         assert line in text
+
+
+def test_budgeted_refines_to_exactly_the_full_mc_scores(tmp_path):
+    rows = [{"question": f"What is (2 + 3) * 2? ({i})", "answer": "10"} for i in range(3)]
+    questions = write_jsonl(tmp_path / "q.jsonl", rows)
+    full = run_annotation(config(tmp_path / "full", questions, num_rollouts=4), backend=ScriptedBackend(script))
+    reference = read_rows(full.annotations_dir / "q.jsonl")
+    everything = config(tmp_path / "all", questions, num_rollouts=4, estimator="budgeted", refine_ratio=1.0)
+    budgeted = run_annotation(everything, backend=ScriptedBackend(script))
+    assert read_rows(budgeted.annotations_dir / "q.jsonl") == reference
+    # first phase: right answers (GOOD) draw nothing; BAD: 4, then 12 more at its first step (none right)
+    assert budgeted.cost["continuations"] == full.cost["continuations"]  # refined from the draws made, none twice
+    half = config(tmp_path / "half", questions, num_rollouts=4, estimator="budgeted", refine_ratio=0.5)
+    result = run_annotation(half, backend=ScriptedBackend(script))
+    rows = read_rows(result.annotations_dir / "q.jsonl")
+    refined = [row == ref for row, ref in zip(rows, reference, strict=True)]
+    assert sum(refined) >= 6 and result.cost["continuations"] < full.cost["continuations"]
+    # the others kept their first-phase counts: GOOD the free draw only, BAD the free draw and K = 4 at step 1
+    first_phase = {0: [(1, 1)] * 3, 1: [(0, 5), (0, 0), (0, 0)]}
+    for row, same in zip(rows, refined, strict=True):
+        counts = [(s["num_mc_correct"], s["num_mc_total"]) for s in row["steps_with_score"]]
+        assert same or counts == first_phase[row["rollout_index"] % 2]

@@ -8,11 +8,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .estimators import ESTIMATORS
+
 __all__ = ["DEFAULT_INSTRUCTION", "AnnotateConfig"]
 
 DEFAULT_INSTRUCTION = "Answer step by step, separating the steps with a blank line, and end with 'The answer is X.'"
 BACKENDS = ("transformers", "vllm", "scripted")
-ESTIMATORS = ("full", "adaptive")
 # fields that change what is written: a resume with a different value is refused (the others only change speed)
 _OUTPUT_FIELDS = (
     "questions",
@@ -30,6 +31,8 @@ _OUTPUT_FIELDS = (
     "verifier",
     "estimator",
     "initial_mc",
+    "refine_ratio",
+    "target_alpha",
     "max_questions",
 )
 
@@ -78,10 +81,15 @@ class AnnotateConfig:
         verifier (`str`, *optional*, defaults to `"auto"`):
             `"auto"`, `"math"` (math-verify), `"choice"` (option letters), `"numeric"` or `"module:function"`.
         estimator (`str`, *optional*, defaults to `"full"`):
-            `"full"` (K continuations per step until the first step scoring 0) or `"adaptive"` (see
-            `bis_prm.annotation.estimators`).
+            `"full"` (K continuations per step until the first step scoring 0), `"adaptive"` (per rollout) or
+            `"budgeted"` (adaptive, then full MC for the likely BIS picks; see `bis_prm.annotation.estimators`).
         initial_mc (`int`, *optional*, defaults to `4`):
-            With `estimator="adaptive"`, the continuations drawn first at each step.
+            With `estimator="adaptive"` or `"budgeted"`, the continuations drawn first at each step.
+        refine_ratio (`float`, *optional*, defaults to `0.2`):
+            With `estimator="budgeted"`, the share of each source's rollouts (highest BIS after the first phase)
+            annotated with full MC: about twice the ratio you will select.
+        target_alpha (`float`, *optional*, defaults to `0.2`):
+            With `estimator="budgeted"`, the BIS alpha that ranks the rollouts to refine.
 
     Parameters that control the execution:
         batch_size (`int`, *optional*, defaults to `8`):
@@ -111,6 +119,8 @@ class AnnotateConfig:
     verifier: str = field(default="auto", metadata={"help": "auto, math, choice, numeric or module:function."})
     estimator: str = field(default="full", metadata={"help": "full or adaptive."})
     initial_mc: int = field(default=4, metadata={"help": "Adaptive estimator: continuations drawn first."})
+    refine_ratio: float = field(default=0.2, metadata={"help": "Budgeted: share per source refined with full MC."})
+    target_alpha: float = field(default=0.2, metadata={"help": "Budgeted: BIS alpha ranking the rollouts to refine."})
     batch_size: int = field(default=8, metadata={"help": "Questions per resumable part."})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size."})
     data_parallel_size: int = field(default=1, metadata={"help": "vLLM data parallel size."})
@@ -125,7 +135,9 @@ class AnnotateConfig:
         for name in ("num_rollouts", "num_mc", "max_new_tokens", "max_steps", "batch_size", "initial_mc"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.estimator == "adaptive" and self.initial_mc > self.num_mc:
+        if not 0 < self.refine_ratio <= 1:
+            raise ValueError(f"refine_ratio must be in (0, 1], got {self.refine_ratio}.")
+        if self.estimator != "full" and self.initial_mc > self.num_mc:
             raise ValueError(f"initial_mc ({self.initial_mc}) must not exceed num_mc ({self.num_mc}).")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0 (Monte-Carlo estimation samples), got {self.temperature}.")

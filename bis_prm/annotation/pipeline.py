@@ -27,11 +27,11 @@ from bis_prm.data.steps import split_steps
 from .backend import GenerationBackend, GenerationRequest
 from .config import AnnotateConfig
 from .cost import CostCounter
-from .estimators import make_estimator
+from .estimators import FullMC, make_estimator
 from .questions import Question, policy_prompt
 from .verify import AnswerChecker
 
-__all__ = ["AnnotatedSample", "annotate_questions", "derive_seed", "step_prefixes"]
+__all__ = ["AnnotatedSample", "annotate_questions", "derive_seed", "refine_samples", "step_prefixes"]
 
 
 def derive_seed(*parts: Any) -> int:
@@ -176,19 +176,63 @@ def annotate_questions(
         if kept == 0:
             records.append({"question_id": q.question_id, "skipped": "no_steps"})
     _run_rounds(samples, backend, checker, config, cost)
-    for sample in samples:
-        paths = [image_path(sample.question, path) for path in sample.question.images]
-        records.append(
-            {
-                "question_id": sample.question.question_id,
-                "sample_id": sample.sample_id,
-                "source": sample.question.source,
-                "order": [sample.order, sample.rollout_index],
-                "row": _row(sample, config, paths),
-            }
-        )
+    records += [_record(sample, config, image_path) for sample in samples]
     cost.wall_seconds += time.perf_counter() - started
     return records
+
+
+def _record(sample: AnnotatedSample, config: AnnotateConfig, image_path, refined: bool = False) -> dict[str, Any]:
+    paths = [image_path(sample.question, path) for path in sample.question.images]
+    record = {
+        "question_id": sample.question.question_id,
+        "sample_id": sample.sample_id,
+        "source": sample.question.source,
+        "order": [sample.order, sample.rollout_index],
+        "outcome": sample.outcome,
+        "row": _row(sample, config, paths),
+    }
+    if hasattr(sample.estimator, "drawn"):  # what a refinement reuses
+        record["drawn"] = sample.estimator.drawn()
+    if refined:
+        record["refined"] = True
+    return record
+
+
+def refine_samples(
+    records: Sequence[dict[str, Any]],
+    questions: dict[str, Question],
+    backend: GenerationBackend,
+    checker: AnswerChecker,
+    config: AnnotateConfig,
+    cost: CostCounter,
+    image_path=None,
+) -> list[dict[str, Any]]:
+    """
+    The second phase of the budgeted estimator: full Monte Carlo for the samples of `records` (first-phase part
+    records), reusing the continuations they drew; returns their refined records (`refined: True`).
+    """
+    started = time.perf_counter()
+    image_path = image_path or (lambda question, path: path)
+    samples = []
+    for record in records:
+        row = record["row"]
+        steps = [step["step"] for step in row["steps_with_score"]]
+        known = [tuple(pair) for pair in record["drawn"]]
+        samples.append(
+            AnnotatedSample(
+                questions[record["question_id"]],
+                record["order"][0],
+                row["rollout_index"],
+                row["response"],
+                steps,
+                record["outcome"],
+                FullMC(len(steps), config.num_mc, known=known),
+                step_prefixes(steps, config.separator),
+            )
+        )
+    _run_rounds(samples, backend, checker, config, cost)
+    cost.wall_seconds += time.perf_counter() - started
+    return [_record(sample, config, image_path, refined=True) for sample in samples]
 
 
 def _run_rounds(

@@ -23,7 +23,7 @@ from bis_prm.evaluation.jsonl import SkippedRows
 from .backend import GenerationBackend
 from .config import AnnotateConfig
 from .cost import CostCounter, format_cost
-from .pipeline import annotate_questions
+from .pipeline import annotate_questions, refine_samples
 from .questions import Question, read_questions
 from .store import AnnotationStore
 from .verify import AnswerChecker
@@ -140,12 +140,20 @@ def run_annotation(
     else:
         backend = backend or (make_backend(config) if batches else None)
         parts = (_annotate_batch(batch, backend, checker, config, store) for batch in batches)
-    for index, (records, part_cost, size) in enumerate(parts):
-        store.write_part(records, part_cost, f"{first_part + index:05d}")
+    written = first_part
+    for records, part_cost, size in parts:
+        store.write_part(records, part_cost, f"{written:05d}")
+        written += 1
         for name, value in part_cost.items():
             setattr(cost, name, getattr(cost, name) + value)
         bar.update(size)
     bar.close()
+    if config.estimator == "budgeted":
+        for records, part_cost in _refinement_parts(config, store, questions, backend, checker):
+            store.write_part(records, part_cost, f"{written:05d}")
+            written += 1
+            for name, value in part_cost.items():
+                setattr(cost, name, getattr(cost, name) + value)
     rows = store.assemble()
     total = store.total_cost()
     report = {
@@ -161,6 +169,45 @@ def run_annotation(
     if config.progress:
         print(format_cost(cost.as_dict(), "Cost of this run"))
     return AnnotationResult(store.root, rows, skipped, cost.as_dict(), total, resumed, report)
+
+
+def refinement_candidates(records: list[dict], ratio: float, alpha: float) -> list[dict]:
+    """
+    The first-phase records a budgeted run refines: per source, the `ratio` share with the highest BIS (the
+    library's selection, `bis_prm.data.selection.select_subset`), in input order.
+    """
+    import datasets
+
+    from bis_prm.data.selection import select_subset
+
+    if not records:
+        return []
+    records = sorted(records, key=lambda record: (record["source"], record["order"]))
+    table = {
+        "source": [record["source"] for record in records],
+        "mc_scores": [[step["score"] for step in record["row"]["steps_with_score"]] for record in records],
+        "index": list(range(len(records))),
+    }
+    chosen = select_subset(datasets.Dataset.from_dict(table), method="bis", ratio=ratio, alpha=alpha)["index"]
+    return [records[index] for index in chosen]
+
+
+def _refinement_parts(config, store, questions, backend, checker):
+    candidates = refinement_candidates(store.first_phase_records(), config.refine_ratio, config.target_alpha)
+    done = store.refined_samples()
+    pending = [record for record in candidates if record["sample_id"] not in done]
+    if not pending:
+        return
+    backend = backend or make_backend(config)
+    by_id = {q.question_id: q for q in questions}
+    bar = tqdm(total=len(pending), desc="Refining (full MC)", unit="rollout", disable=not config.progress)
+    for start in range(0, len(pending), config.batch_size):
+        batch = pending[start : start + config.batch_size]
+        cost = CostCounter()
+        records = refine_samples(batch, by_id, backend, checker, config, cost, image_path=_image_mapper(store))
+        bar.update(len(batch))
+        yield records, cost.as_dict()
+    bar.close()
 
 
 def _annotate_batch(

@@ -97,6 +97,12 @@ class AnnotationStore:
     def done_questions(self) -> set[str]:
         return {record["question_id"] for record in self.read_parts() if "question_id" in record}
 
+    def first_phase_records(self) -> list[dict[str, Any]]:
+        return [record for record in self.read_parts() if "row" in record and not record.get("refined")]
+
+    def refined_samples(self) -> set[str]:
+        return {record["sample_id"] for record in self.read_parts() if record.get("refined")}
+
     def write_part(self, records: list[dict[str, Any]], cost: dict[str, Any], name: str) -> Path:
         """Write one part: its cost line first, then one line per record; atomically."""
         path = self.parts_dir / f"part-{name}.jsonl"
@@ -113,7 +119,9 @@ class AnnotationStore:
             if "row" not in record:
                 continue
             rows = by_source.setdefault(record["source"], {})
-            rows.setdefault(record["sample_id"], (record["order"], record["row"]))
+            # a refined record (the budgeted estimator's second phase) replaces the first one
+            if record.get("refined") or record["sample_id"] not in rows:
+                rows[record["sample_id"]] = (record["order"], record["row"])
         annotations = self.root / "annotations"
         annotations.mkdir(parents=True, exist_ok=True)
         counts = {}

@@ -71,7 +71,10 @@ class SeededSampling(LogitsProcessor):
             drop = sorted_probs.cumsum(-1) - sorted_probs > self.top_p
             probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
         chosen = torch.stack(
-            [torch.multinomial(row, 1, generator=generator) for row, generator in zip(probs, self.generators, strict=True)]
+            [
+                torch.multinomial(row, 1, generator=generator)
+                for row, generator in zip(probs, self.generators, strict=True)
+            ]
         )
         out = torch.full_like(scores, float("-inf"))
         return out.scatter(-1, chosen, 0.0)

@@ -59,9 +59,24 @@ def add_parser(subparsers, name: str, help: str) -> None:
     parser.add_argument(
         "--verifier", default="auto", help="auto, math (math-verify), choice, numeric, or module:function."
     )
-    parser.add_argument("--estimator", choices=("full", "adaptive"), default="full", help="MC budget (default: full).")
     parser.add_argument(
-        "--initial-mc", type=positive_int, default=4, help="--estimator adaptive: first draws per step (default: 4)."
+        "--estimator",
+        choices=("full", "adaptive", "budgeted"),
+        default="full",
+        help="full: VisualPRM400K's K per step; adaptive: outcome first, K only where a label is decided; budgeted: "
+        "adaptive, then full MC for the likely BIS picks (default: full).",
+    )
+    parser.add_argument(
+        "--initial-mc", type=positive_int, default=4, help="adaptive/budgeted: first draws per step (default: 4)."
+    )
+    parser.add_argument(
+        "--refine-ratio",
+        type=probability,
+        default=0.2,
+        help="budgeted: share per source refined with full MC, about twice the ratio to select (default: 0.2).",
+    )
+    parser.add_argument(
+        "--target-alpha", type=float, default=0.2, help="budgeted: BIS alpha ranking what to refine (default: 0.2)."
     )
     parser.add_argument("--batch-size", type=positive_int, default=8, help="Questions per resumable part.")
     parser.add_argument("--tensor-parallel-size", type=positive_int, default=1, help="vLLM tensor parallel size.")
@@ -101,6 +116,8 @@ def _config(args):
             verifier=args.verifier,
             estimator=args.estimator,
             initial_mc=args.initial_mc,
+            refine_ratio=args.refine_ratio,
+            target_alpha=args.target_alpha,
             batch_size=args.batch_size,
             tensor_parallel_size=args.tensor_parallel_size,
             data_parallel_size=args.data_parallel_size,
