@@ -335,3 +335,83 @@ def test_budgeted_refines_to_exactly_the_full_mc_scores(tmp_path):
     for row, same in zip(rows, refined, strict=True):
         counts = [(s["num_mc_correct"], s["num_mc_total"]) for s in row["steps_with_score"]]
         assert same or counts == first_phase[row["rollout_index"] % 2]
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    from .utils import tiny_base
+
+    return str(tiny_base("qwen2", tmp_path_factory))
+
+
+def _transformers_config(tmp_path: Path, questions: Path, policy: str, **overrides) -> AnnotateConfig:
+    values = dict(policy=policy, num_rollouts=2, num_mc=2, max_new_tokens=24, temperature=1.0, progress=False)
+    return AnnotateConfig(
+        str(questions), str(tmp_path), backend="transformers", device="cpu", **{**values, **overrides}
+    )
+
+
+def test_transformers_backend_real_run(tmp_path, tiny_policy):
+    rows = [
+        {"question": "What is 3 + 4?", "answer": "7"},
+        {"question": "What is 3 + 4?", "answer": "7", "steps": ["3 + 4 = 7.", "The answer is 7."]},
+    ]
+    questions = write_jsonl(tmp_path / "q.jsonl", rows)
+    result = run_annotation(_transformers_config(tmp_path / "a", questions, tiny_policy))
+    corpus = read_rows(result.annotations_dir / "q.jsonl")
+    assert [row["rollout_index"] for row in corpus] == [0, 1, 0] and corpus[2][
+        "response"
+    ] == "3 + 4 = 7.\n\nThe answer is 7."
+    assert all(row["policy_model"] == tiny_policy and row["num_mc_sequences"] == 2 for row in corpus)
+    # the given solution states 7: from its last prefix (the whole solution) every continuation is right
+    assert corpus[2]["steps_with_score"][-1]["num_mc_total"] in (0, 2)
+    assert result.cost["rollouts"] == 2 and result.cost["generated_tokens"] > 0
+    # the same configuration in another directory writes the same bytes (seeded per continuation)
+    again = run_annotation(_transformers_config(tmp_path / "b", questions, tiny_policy))
+    assert (again.annotations_dir / "q.jsonl").read_bytes() == (result.annotations_dir / "q.jsonl").read_bytes()
+
+
+def test_dry_run_estimate_within_10_percent_of_a_real_run(tmp_path, tiny_policy):
+    from bis_prm.annotation.cost import estimate_cost
+    from bis_prm.annotation.run import load_questions
+    from bis_prm.annotation.transformers_backend import token_counters
+
+    steps = ["The first number is 12.", "The second number is 30.", "12 + 30 = 42.", "The answer is 42."]
+    rows = [{"question": f"What is 12 plus 30? ({i})", "answer": "42", "steps": steps[: 2 + i]} for i in range(3)]
+    questions = write_jsonl(tmp_path / "q.jsonl", rows)
+    # every continuation counts as right: no early stop, so full MC runs every step (the estimate's assumption)
+    cfg = _transformers_config(
+        tmp_path / "out",
+        questions,
+        tiny_policy,
+        num_mc=3,
+        max_new_tokens=40,
+        verifier="tests.test_annotate:always_right",
+    )
+    count_prompt, count_text = token_counters(tiny_policy)
+    estimate = estimate_cost(
+        load_questions(cfg, AnswerChecker(cfg.verifier))[0], cfg, count_text, count_prompt=count_prompt
+    )
+    assert estimate.continuations == 3 * (2 + 3 + 4)
+    result = run_annotation(cfg)
+    assert result.cost["continuations"] == estimate.continuations
+    for name in ("generated_tokens", "prompt_tokens"):
+        counted, expected = result.cost[name], getattr(estimate, name)
+        assert abs(expected - counted) <= 0.1 * counted, (name, expected, counted)
+
+
+@pytest.mark.slow
+def test_ray_data_gives_the_same_corpus(tmp_path, tiny_policy):
+    ray = pytest.importorskip("ray")
+    rows = [{"question": f"What is 3 + {i}?", "answer": str(3 + i)} for i in range(4)]
+    questions = write_jsonl(tmp_path / "q.jsonl", rows)
+    single = run_annotation(_transformers_config(tmp_path / "single", questions, tiny_policy, batch_size=1))
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        sharded = run_annotation(
+            _transformers_config(tmp_path / "ray", questions, tiny_policy, batch_size=1), ray_workers=2
+        )
+    finally:
+        ray.shutdown()
+    assert (sharded.annotations_dir / "q.jsonl").read_bytes() == (single.annotations_dir / "q.jsonl").read_bytes()
+    assert len(list((sharded.output_dir / "parts").glob("part-*.jsonl"))) == 4
