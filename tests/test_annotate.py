@@ -415,3 +415,69 @@ def test_ray_data_gives_the_same_corpus(tmp_path, tiny_policy):
         ray.shutdown()
     assert (sharded.annotations_dir / "q.jsonl").read_bytes() == (single.annotations_dir / "q.jsonl").read_bytes()
     assert len(list((sharded.output_dir / "parts").glob("part-*.jsonl"))) == 4
+
+
+def test_vllm_requests_token_level_prefixes_seeds_budget_and_images(tmp_path):
+    from bis_prm.annotation.backend import GenerationRequest
+    from bis_prm.annotation.vllm_backend import prefix_token_ids, vllm_inputs
+    from bis_prm.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer("qwen2")
+    steps = ["The first number is 12.", "12 + 30 = 42.\n\nSo it is 42.", "The answer is 42."]
+    prefixes = step_prefixes(steps)
+    requests = [
+        GenerationRequest(f"s-0/step-{i + 1}/0", "What is 12 + 30?", (), prefix, (100 + i, 200 + i), (0, 1), 40)
+        for i, prefix in enumerate(prefixes)
+    ]
+    entries = vllm_inputs(requests, tokenizer, temperature=0.9, top_p=0.95)
+    assert [(e["request"], e["sampling_params"]["seed"]) for e in entries] == [
+        (0, 100),
+        (0, 200),
+        (1, 101),
+        (1, 201),
+        (2, 102),
+        (2, 202),
+    ]
+    ids = [entries[2 * i]["prompt"]["prompt_token_ids"] for i in range(3)]
+    # each prefix's ids start with the previous prefix's ids: the prefix cache is reused step after step
+    assert all(ids[i + 1][: len(ids[i])] == ids[i] for i in range(2)) and len(ids[0]) < len(ids[1]) < len(ids[2])
+    prompt_ids = tokenizer(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": "What is 12 + 30?"}], add_generation_prompt=True, tokenize=False
+        ),
+        add_special_tokens=False,
+    ).input_ids
+    assert ids[0] == prompt_ids + prefix_token_ids(tokenizer, prefixes[0])
+    for entry, request in zip(entries[::2], requests, strict=True):
+        used = len(prefix_token_ids(tokenizer, request.prefix))
+        assert entry["sampling_params"] == {
+            "temperature": 0.9,
+            "top_p": 0.95,
+            "max_tokens": 40 - used,
+            "n": 1,
+            "seed": entry["sampling_params"]["seed"],
+        }
+    # one request with n=K instead
+    (forked,) = vllm_inputs(requests[:1], tokenizer, per_continuation_seeds=False)
+    assert forked["sampling_params"]["n"] == 2 and forked["sampling_params"]["seed"] == 100
+    # a prefix that fills the budget is not sent
+    assert vllm_inputs([GenerationRequest("x", "q", (), "word " * 80, (1,), (0,), 10)], tokenizer) == []
+    # images: a text prompt with the model's placeholders and multi_modal_data
+    _png(tmp_path / "a.png", "red")
+    vlm_tokenizer = tiny_tokenizer("qwen2_5_vl")
+    image_request = GenerationRequest("y", "<image>\nWhich colour?", (str(tmp_path / "a.png"),), "", (5,), (0,), 16)
+    (entry,) = vllm_inputs([image_request], vlm_tokenizer)
+    assert "<|vision_start|><|image_pad|><|vision_end|>Which colour?" in entry["prompt"]["prompt"]
+    assert entry["prompt"]["multi_modal_data"]["image"][0].size == (8, 8)
+
+
+@pytest.mark.skipif(not (REPO_ROOT / ".venv-vllm").exists(), reason="needs the vLLM venv (.venv-vllm)")
+def test_vllm_backend_runs_in_its_venv(tmp_path):
+    code = (
+        "from bis_prm.annotation.vllm_backend import VLLMBackend; "
+        "from bis_prm.annotation.backend import GenerationRequest; "
+        "b = VLLMBackend('Qwen/Qwen2.5-0.5B-Instruct', max_model_len=512, gpu_memory_utilization=0.3); "
+        "r = GenerationRequest('x', '1 + 1?', (), '', (1, 2), (0, 1), 32); "
+        "g = b.generate([r])[0]; assert len(g.texts) == 2 and g.generated_tokens > 0"
+    )
+    subprocess.run([str(REPO_ROOT / ".venv-vllm" / "bin" / "python"), "-c", code], cwd=REPO_ROOT, check=True)

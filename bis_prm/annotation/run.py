@@ -75,6 +75,7 @@ def make_backend(config: AnnotateConfig) -> GenerationBackend:
             top_p=config.top_p,
             tensor_parallel_size=config.tensor_parallel_size,
             data_parallel_size=config.data_parallel_size,
+            separator=config.separator,
         )
     raise ValueError("the scripted backend is a Python object: pass it to run_annotation(config, backend=...)")
 
