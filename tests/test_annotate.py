@@ -481,3 +481,64 @@ def test_vllm_backend_runs_in_its_venv(tmp_path):
         "g = b.generate([r])[0]; assert len(g.texts) == 2 and g.generated_tokens > 0"
     )
     subprocess.run([str(REPO_ROOT / ".venv-vllm" / "bin" / "python"), "-c", code], cwd=REPO_ROOT, check=True)
+
+
+@pytest.mark.slow
+def test_the_loop_closes_annotate_select_train_eval(tmp_path, tiny_policy):
+    """`bis-prm annotate` on the text sample's questions with a tiny LM -> `bis-prm select` -> the text recipe ->
+    `bis-prm eval`, on a CPU."""
+    from bis_prm.cli import main
+    from bis_prm.data.sample import make_text_sample
+
+    sample = make_text_sample(tmp_path / "text-sample", num_rollouts=16, num_benchmark_rows=8)
+    questions = tmp_path / "questions"
+    questions.mkdir()
+    for path in sorted(sample.annotations_dir.glob("*.jsonl")):
+        rows = read_rows(path)[:2]
+        # one question per source gets rollouts from the policy, the other is scored as written
+        write_jsonl(questions / path.name, [{"question": rows[0]["question"], "answer": rows[0]["answer"]}, rows[1]])
+    corpus = tmp_path / "corpus"
+    annotate = ["annotate", "--questions", str(questions), "--policy", tiny_policy, "--output-dir", str(corpus)]
+    options = ["--num-rollouts", "2", "--num-mc", "2", "--max-new-tokens", "24", "--device", "cpu", "--no-progress"]
+    assert main([*annotate, *options, "--instruction", ""]) == 0
+    assert sorted(p.name for p in (corpus / "annotations").glob("*.jsonl")) == sorted(
+        p.name for p in sample.annotations_dir.glob("*.jsonl")
+    )
+    assert sum(len(read_rows(p)) for p in (corpus / "annotations").glob("*.jsonl")) == 4 * 3
+    subset = tmp_path / "subset.jsonl"
+    select = ["select", "--annotations-dir", str(corpus / "annotations"), "--layout", "stepwise", "--ratio", "0.5"]
+    assert main([*select, "--output", str(subset)]) == 0
+    assert len(read_rows(subset)) == 4 * 1  # max(1, int(3 * 0.5)) per source
+    selection = json.dumps({"method": "bis", "ratio": 0.5, "alpha": 0.2, "layout": "stepwise"})
+    overrides = ["--model_name_or_path", tiny_policy, "--dataset_name", str(corpus / "annotations")]
+    overrides += [
+        "--selection",
+        selection,
+        "--max_steps",
+        "3",
+        "--eval_ratio",
+        "0.0",
+        "--output_dir",
+        str(tmp_path / "prm"),
+    ]
+    command = [sys.executable, str(REPO_ROOT / "recipes" / "train.py"), "--config"]
+    command += [str(REPO_ROOT / "recipes" / "tiny" / "config_text.yaml"), *overrides]
+    train = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert train.returncode == 0, train.stderr[-3000:]
+    out = tmp_path / "eval"
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tmp_path / "prm"),
+                "--benchmark",
+                str(sample.benchmark_dir),
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["per_source"]) == {"addition", "multiplication", "chains", "word_problems"}
