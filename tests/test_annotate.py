@@ -542,3 +542,26 @@ def test_the_loop_closes_annotate_select_train_eval(tmp_path, tiny_policy):
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_source"]) == {"addition", "multiplication", "chains", "word_problems"}
+
+
+def test_cli_dry_run_and_one_line_errors(tmp_path, tiny_policy, capsys):
+    from bis_prm.cli import main
+
+    rows = [
+        {"question": "What is 3 + 4?", "answer": "7"},
+        {"question": "What is 3 + 4?", "answer": "7", "steps": ["a", "b"]},
+    ]
+    questions = write_jsonl(tmp_path / "q.jsonl", rows)
+    out = tmp_path / "out"
+    common = ["annotate", "--questions", str(questions), "--policy", tiny_policy, "--output-dir", str(out)]
+    assert main([*common, "--dry-run", "--num-mc", "4", "--num-rollouts", "3", "--max-new-tokens", "60"]) == 0
+    printed = capsys.readouterr().out
+    estimate = json.loads(printed[: printed.index("}\n}") + 3])["estimate"]
+    # 3 rollouts of 6 expected steps, and 1 given response of 2 steps: 4 continuations per step
+    assert estimate["rollouts"] == 4 and estimate["continuations"] == 4 * (3 * 6 + 2)
+    assert not out.exists()  # a dry run writes nothing
+    assert main([*common, "--verifier", "nowhere:thing"]) == 2
+    assert "cannot import the verifier 'nowhere:thing'" in capsys.readouterr().err
+    assert main([*common, "--num-mc", "2", "--num-rollouts", "1", "--max-new-tokens", "8", "--no-progress"]) == 0
+    assert main([*common, "--num-mc", "3", "--num-rollouts", "1", "--max-new-tokens", "8", "--no-progress"]) == 2
+    assert "another configuration (num_mc: 2 -> 3)" in capsys.readouterr().err

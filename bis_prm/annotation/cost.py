@@ -135,6 +135,7 @@ def format_cost(cost: dict[str, float], title: str = "Cost") -> str:
     >>> print(format_cost({"continuations": 64, "generated_tokens": 1000, "prompt_tokens": 3000,
     ...                    "cached_prompt_tokens": 2000, "wall_seconds": 1.5}))
     Cost: 64 continuations, 1,000 generated tokens, 3,000 prompt tokens (1,000 computed, 2,000 cached), 1.5 s
+
     ```
     """
     prompt, cached = int(cost.get("prompt_tokens", 0)), int(cost.get("cached_prompt_tokens", 0))

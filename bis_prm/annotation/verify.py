@@ -96,7 +96,7 @@ class AnswerChecker:
     ```python
     >>> checker = AnswerChecker()
     >>> gold = checker.parse_gold("12")
-    >>> checker("3 * 4 = 12.\n\nThe answer is 12.", gold), checker("The answer is 13.", gold)
+    >>> checker("3 * 4 = 12.\\n\\nThe answer is 12.", gold), checker("The answer is 13.", gold)
     (True, False)
     >>> checker("The answer is (C).", checker.parse_gold("C"))
     True
