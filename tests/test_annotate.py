@@ -565,3 +565,26 @@ def test_cli_dry_run_and_one_line_errors(tmp_path, tiny_policy, capsys):
     assert main([*common, "--num-mc", "2", "--num-rollouts", "1", "--max-new-tokens", "8", "--no-progress"]) == 0
     assert main([*common, "--num-mc", "3", "--num-rollouts", "1", "--max-new-tokens", "8", "--no-progress"]) == 2
     assert "another configuration (num_mc: 2 -> 3)" in capsys.readouterr().err
+
+
+def test_parquet_and_directory_inputs(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "questions"
+    folder.mkdir()
+    _png(folder / "a.png", "red")
+    table = {"question": ["1 + 1?", "2 + 2?", "3 + 3?"], "answer": ["2", None, "6"], "image": [["a.png"], [], None]}
+    pq.write_table(pa.table(table), folder / "charts.parquet")
+    write_jsonl(folder / "arith.jsonl", [{"question": "5 + 5?", "answer": 10, "source": "mental"}, "{bad"])
+    questions, skipped = read_questions(folder)
+    assert [(q.source, q.line, q.answer, q.images) for q in questions] == [
+        ("mental", 1, "10", []),
+        ("charts", 1, "2", ["a.png"]),
+        ("charts", 3, "6", []),
+    ]
+    assert skipped.summary() == {
+        "broken_json": {"count": 1, "lines": [2], "problems": [skipped.rows["broken_json"][0]["problem"]]},
+        "missing_answer": {"count": 1, "lines": [2], "problems": ["charts.parquet: no answer"]},
+    }
+    assert skipped.rows["broken_json"][0]["problem"].startswith("arith.jsonl: not valid JSON")
