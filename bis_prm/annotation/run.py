@@ -142,19 +142,21 @@ def run_annotation(
         backend = backend or (make_backend(config) if batches else None)
         parts = (_annotate_batch(batch, backend, checker, config, store) for batch in batches)
     written = first_part
-    for records, part_cost, size in parts:
+
+    def save(records: list[dict], part_cost: dict[str, float]) -> None:
+        nonlocal written
         store.write_part(records, part_cost, f"{written:05d}")
         written += 1
         for name, value in part_cost.items():
             setattr(cost, name, getattr(cost, name) + value)
+
+    for records, part_cost, size in parts:
+        save(records, part_cost)
         bar.update(size)
     bar.close()
     if config.estimator == "budgeted":
         for records, part_cost in _refinement_parts(config, store, questions, backend, checker):
-            store.write_part(records, part_cost, f"{written:05d}")
-            written += 1
-            for name, value in part_cost.items():
-                setattr(cost, name, getattr(cost, name) + value)
+            save(records, part_cost)
     rows = store.assemble()
     total = store.total_cost()
     report = {
