@@ -17,6 +17,9 @@ __version__ = "0.2.0.dev0"
 
 # public name -> module defining it
 _EXPORTS = {
+    # annotation: questions -> Monte-Carlo step scores (VisualPRM400K-Raw)
+    "AnnotateConfig": "bis_prm.annotation.config",
+    "run_annotation": "bis_prm.annotation.run",
     # data: VisualPRM400K-Raw -> scored rollouts -> BIS subset -> Hub
     "load_visualprm400k": "bis_prm.data.visualprm400k",
     "score_rollouts": "bis_prm.data.scoring",

@@ -20,6 +20,10 @@ from pathlib import Path
 
 # sub-command name -> (module, one-line help); the module is imported lazily
 COMMANDS = {
+    "annotate": (
+        "bis_prm.cli.annotate",
+        "Monte-Carlo step annotation: questions in, a VisualPRM400K-Raw corpus out (vLLM or transformers).",
+    ),
     "select": (
         "bis_prm.cli.select",
         "Score MC-annotated rollouts (VisualPRM400K or any stepwise corpus) and write a BIS subset.",
