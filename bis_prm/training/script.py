@@ -204,7 +204,7 @@ def main(script_args: ScriptArguments, training_args: PRMConfig, model_args: Mod
 
     ```
     """
-    _setup_logging(training_args)
+    setup_logging(training_args, logger)
     if model_args.model_name_or_path is None:
         raise ValueError("`model_name_or_path` is required: a base VLM or a saved PRM.")
 
@@ -215,13 +215,7 @@ def main(script_args: ScriptArguments, training_args: PRMConfig, model_args: Mod
         )
     logger.info("Training on %d rollouts, evaluating on %s", len(train_dataset), eval_dataset and len(eval_dataset))
 
-    model_init_kwargs = dict(training_args.model_init_kwargs or {})
-    model_init_kwargs.setdefault("revision", model_args.model_revision)
-    if model_args.dtype is not None:
-        model_init_kwargs.setdefault("dtype", model_args.dtype)
-    if model_args.attn_implementation is not None:
-        model_init_kwargs.setdefault("attn_implementation", model_args.attn_implementation)
-    training_args.model_init_kwargs = model_init_kwargs
+    set_model_init_kwargs(training_args, model_args)
 
     peft_config = get_prm_peft_config(model_args)
 
@@ -310,16 +304,38 @@ def get_prm_peft_config(model_args: ModelConfig):
     )
 
 
-def _setup_logging(training_args: PRMConfig) -> None:
+def setup_logging(training_args, script_logger: logging.Logger) -> None:
+    """Log to stdout at the process's log level (TRL's scripts' set-up): the script's logger, `datasets` and
+    `transformers` alike. Shared by the recipes' scripts (`recipes/train.py`, `recipes/grpo/grpo.py`)."""
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout)],
     )
     log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
+    script_logger.setLevel(log_level)
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
 
 
-__all__ = ["ScriptArguments", "get_prm_peft_config", "load_prm_datasets", "main", "parse_recipe"]
+def set_model_init_kwargs(training_args, model_args: ModelConfig) -> None:
+    """Pass `model_args`' revision, dtype and attention implementation to the trainer's `model_init_kwargs` (what
+    the trainer hands to `from_pretrained`), without overriding keys the recipe set there itself."""
+    model_init_kwargs = dict(training_args.model_init_kwargs or {})
+    model_init_kwargs.setdefault("revision", model_args.model_revision)
+    if model_args.dtype is not None:
+        model_init_kwargs.setdefault("dtype", model_args.dtype)
+    if model_args.attn_implementation is not None:
+        model_init_kwargs.setdefault("attn_implementation", model_args.attn_implementation)
+    training_args.model_init_kwargs = model_init_kwargs
+
+
+__all__ = [
+    "ScriptArguments",
+    "get_prm_peft_config",
+    "load_prm_datasets",
+    "main",
+    "parse_recipe",
+    "set_model_init_kwargs",
+    "setup_logging",
+]

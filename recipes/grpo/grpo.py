@@ -16,16 +16,15 @@ by the PRM and the reward is the steps' `prm_aggregation` (see docs/rewards.md).
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-import transformers
 from datasets import load_dataset
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from bis_prm.rewards import PRMReward
+from bis_prm.training.script import set_model_init_kwargs, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -139,22 +138,10 @@ def prm_reward(script_args: GRPOScriptArguments) -> PRMReward:
 
 def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> dict[str, float]:
     """Train the policy `model_args.model_name_or_path` with GRPO on the PRM's reward, save it, return the metrics."""
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
-    )
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
+    setup_logging(training_args, logger)
 
     # Model
-    model_init_kwargs = dict(training_args.model_init_kwargs or {})
-    model_init_kwargs.setdefault("revision", model_args.model_revision)
-    if model_args.dtype is not None:
-        model_init_kwargs.setdefault("dtype", model_args.dtype)
-    if model_args.attn_implementation is not None:
-        model_init_kwargs.setdefault("attn_implementation", model_args.attn_implementation)
-    training_args.model_init_kwargs = model_init_kwargs
+    set_model_init_kwargs(training_args, model_args)
 
     # Data and reward
     dataset = load_prompts(script_args)
