@@ -1,0 +1,1 @@
+"""Serving PRMs: step scores over HTTP, for RL frameworks and for scale-out with vLLM."""
