@@ -68,6 +68,9 @@ _EXPORTS = {
     "EvalConfig": "bis_prm.evaluation.runner",
     "evaluate_prm": "bis_prm.evaluation.runner",
     "best_of_n": "bis_prm.evaluation.best_of_n",
+    # serving: vLLM serves PRMs with STEP pooling
+    "VLLMScorer": "bis_prm.serving.vllm",
+    "vllm_serve_command": "bis_prm.serving.vllm",
 }
 
 __all__ = ["__version__", *_EXPORTS]
