@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -62,7 +63,7 @@ SMALL_VLM_SHAPES = {
         "fullatt_block_indexes": [],
     },
 }
-TEXT_SHAPES = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 256}
+TEXT_SHAPES = {**SMALL_VLM_SHAPES["text_config"], "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}
 
 
 def _free_port() -> int:
@@ -186,7 +187,7 @@ def main() -> None:
     command = vllm_serve_command(
         prm, python=args.vllm_python, host="127.0.0.1", port=_free_port(), extra_args=[*extra, *args.vllm_args.split()]
     )
-    print("serving:", " ".join(command), flush=True)
+    print("serving:", shlex.join(command), flush=True)
     start = time.perf_counter()
     server = start_server(command, args.workdir / "vllm.log", args.startup_timeout)
     startup_seconds = time.perf_counter() - start

@@ -58,6 +58,7 @@ def text_prm(tmp_path_factory):
     model, processor = load_prm(base, head="linear")
     with torch.no_grad():  # a sharper head than the random one, so that steps score far apart (and far from 0.5)
         model.score.weight.mul_(30.0)
+        model.score.bias.copy_(torch.tensor([0.4, -0.3]))  # a trained head has a bias: vLLM must load it too
     path = root / "prm"
     model.save_pretrained(path)
     processor.save_pretrained(path)

@@ -179,7 +179,7 @@ class VLLMScorer:
     Args:
         url (`str`):
             The vLLM server, e.g. `"http://127.0.0.1:8000"` (a trailing `/v1` is dropped: `/pooling` is at the root).
-        model (`str`):
+        model (`str` or `os.PathLike`):
             The PRM (local directory or Hub id) whose processor and config render the prompts; also the model name
             sent to the server.
         api_key (`str`, *optional*):
@@ -209,7 +209,7 @@ class VLLMScorer:
     def __init__(
         self,
         url: str,
-        model: str,
+        model: str | os.PathLike,
         api_key: str | None = None,
         timeout: float = 300.0,
         *,
