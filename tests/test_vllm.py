@@ -258,3 +258,47 @@ def test_vllm_scorer_equals_step_scorer_row_by_row(vllm_server, text_prm, tmp_pa
     with VLLMScorer(url, str(path), served_model_name="not-served") as scorer:
         with pytest.raises(VLLMServerError, match="answered 404 .is 'not-served' its model name"):
             scorer.score_rows(ROWS[:1])
+
+
+def test_rows_with_images_go_in_vllms_chat_form(tmp_path_factory):
+    """The request a VLM PRM's image rows make (what vLLM itself answers is `benchmarks/bench_vllm.py`'s, on a GPU):
+    the images as PNG data URLs before the rendered prompt in one user turn, read back in the PRM's class order."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from tests.utils import tiny_base
+
+    path = tmp_path_factory.mktemp("vlm-prm")
+    model, processor = load_prm(tiny_base("qwen2_5_vl", tmp_path_factory), head="linear")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    figure = Image.new("RGB", (40, 48), "red")
+    rows = [
+        {"image": [figure, figure], "question": "<image>\nHow many?", "steps": ["I count 2.", "So 2."]},
+        {"question": "What is 3 + 4?", "steps": ["7."]},
+    ]
+    seen = []
+
+    def vllm(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        prompt = body["input"][0] if "input" in body else body["messages"][0]["content"][-1]["text"]
+        return httpx.Response(200, json={"data": [{"index": 0, "data": [[0.25, 0.75]] * prompt.count("<prm>")}]})
+
+    with VLLMScorer("http://vllm.invalid", path) as scorer:
+        scorer._client = httpx.Client(base_url=scorer.url, transport=httpx.MockTransport(vllm))
+        assert scorer.score_rows(rows) == [[0.75, 0.75], [0.75]]
+    chat, text = sorted(seen, key=lambda body: "input" in body)
+    assert text["input"] == [chat_text(processor, render_prompt(rows[1]["question"], rows[1]["steps"]))]
+    assert text["add_special_tokens"] is False and chat["add_special_tokens"] is False
+    assert chat["add_generation_prompt"] is False and chat["model"] == str(path)
+    [turn] = chat["messages"]
+    *images, prompt = turn["content"]
+    assert turn["role"] == "user" and prompt == {"type": "text", "text": render_prompt("How many?", rows[0]["steps"])}
+    for part in images:
+        assert part["type"] == "image_url" and part["image_url"]["url"].startswith("data:image/png;base64,")
+        png = base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
+        assert list(Image.open(io.BytesIO(png)).getdata()) == list(figure.getdata())
+    assert len(images) == 2
