@@ -83,6 +83,9 @@ _EXPORTS = {
     # serving: bis-prm serve and its client
     "RemoteScorer": "bis_prm.serving.client",
     "BatchingEngine": "bis_prm.serving.engine",
+    # serving: vLLM serves PRMs with STEP pooling
+    "VLLMScorer": "bis_prm.serving.vllm",
+    "vllm_serve_command": "bis_prm.serving.vllm",
 }
 
 __all__ = ["__version__", *_EXPORTS]

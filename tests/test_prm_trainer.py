@@ -13,6 +13,7 @@ from transformers.trainer_utils import EvalPrediction
 from bis_prm.model.inference import score_steps
 from bis_prm.model.modeling_prm import load_prm
 from bis_prm.model.vision_tower import freeze_vision_tower
+from bis_prm.serving.vllm import vllm_serve_command_line
 from bis_prm.training.dataset import PRMDatasetError, prepare_prm_dataset
 from bis_prm.training.prm_config import PRMConfig
 from bis_prm.training.prm_trainer import PRMTrainer, compute_step_metrics, positive_probabilities
@@ -251,6 +252,7 @@ def test_train_loss_decreases_saves_and_scores(assets, tmp_path):
     assert "ratio `0.1`, alpha\n  `0.2`" in card and "Kept 4 of 40 rollouts (38 valid)." in card
     assert f"| eval_f1_positive | {metrics['eval_f1_positive']:.4f} |" in card and "eval_runtime" not in card
     assert "Not evaluated on VisualProcessBench yet" in card
+    assert vllm_serve_command_line("out", trainer.model.config.step_token_id) in card  # "Serving with vLLM"
     vpb = {
         "threshold": 0.5,
         "threshold_source": "fixed",

@@ -47,6 +47,7 @@ COMMANDS = {
     "publish-metric": ("bis_prm.cli.publish_metric", "Publish the visualprocessbench metric as a Hub Space."),
     "quickstart": ("bis_prm.cli.quickstart", "Run selection -> training -> evaluation on the embedded sample."),
     "serve": ("bis_prm.cli.serve", "Serve a PRM as a reward server for RL frameworks (OpenRLHF, verl, TRL)."),
+    "vllm-command": ("bis_prm.cli.vllm_command", "Print the vLLM command that serves a PRM (STEP pooling)."),
 }
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from bis_prm.serving.vllm import vllm_serve_command_line
+
 __all__ = ["CARD_FACTS", "TEMPLATE_PATH", "update_model_card", "write_model_card"]
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
@@ -42,9 +44,9 @@ def write_model_card(output_dir: str | os.PathLike, facts: dict[str, Any]) -> Pa
             The trained PRM's folder.
         facts (`dict`):
             `model_id`, `base_model` (id or path), `dataset_name`, `selection` (the selection report, with its
-            `params`), `training` (settings shown as a table), `step_token`, and optionally `eval_results`,
-            `visualprocessbench` (the metrics of `bis-prm eval`), `data_problems` (rows left out, per dataset) and
-            `tags`.
+            `params`), `training` (settings shown as a table), `step_token`, and optionally `step_token_id` and
+            `positive_index` (the card then gives the `vllm serve` command), `eval_results`, `visualprocessbench`
+            (the metrics of `bis-prm eval`), `data_problems` (rows left out, per dataset) and `tags`.
 
     Returns:
         `Path`: the card.
@@ -65,18 +67,20 @@ def write_model_card(output_dir: str | os.PathLike, facts: dict[str, Any]) -> Pa
     # A local path is no Hub reference: name it in the text, keep it out of the metadata
     on_hub = not os.path.exists(base_model) and base_model != "unknown"
     dataset_name = facts.get("dataset_name") or "unknown"
+    model_id = facts.get("model_id") or output_dir.name
+    step_token_id = facts.get("step_token_id")
     card_data = ModelCardData(
         base_model=base_model if on_hub else None,
         datasets=[dataset_name] if dataset_name != "unknown" and not os.path.exists(dataset_name) else None,
         library_name="transformers",
         pipeline_tag="token-classification",
-        model_name=facts.get("model_id") or output_dir.name,
+        model_name=model_id,
         tags=sorted({*TAGS, *facts.get("tags", [])}),
     )
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
-        model_id=facts.get("model_id") or output_dir.name,
+        model_id=model_id,
         base_model=base_model,
         base_model_on_hub=on_hub,
         dataset_name=dataset_name,
@@ -84,6 +88,9 @@ def write_model_card(output_dir: str | os.PathLike, facts: dict[str, Any]) -> Pa
         training=facts.get("training") or {},
         eval_results={key: value for key, value in (facts.get("eval_results") or {}).items() if _is_score(key)},
         step_token=facts.get("step_token", "<prm>"),
+        step_token_id=step_token_id,
+        positive_index=facts.get("positive_index", 1),
+        vllm_command=None if step_token_id is None else vllm_serve_command_line(model_id, step_token_id),
         visualprocessbench=facts.get("visualprocessbench") or {},
         data_problems=facts.get("data_problems") or {},
         citation=CITATION,

@@ -500,6 +500,8 @@ class PRMTrainer(_BaseTrainer):
                 "visualprocessbench": visualprocessbench,
                 "data_problems": data_problems,
                 "step_token": args.step_token,
+                "step_token_id": getattr(self.model.config, "step_token_id", None),
+                "positive_index": self._positive_index,
                 "tags": [tags] if isinstance(tags, str) else list(tags or []),
             },
         )
