@@ -54,7 +54,7 @@ from bis_prm.model.modeling_prm import load_prm, positive_index, prm_loss
 from bis_prm.model.processing_prm import PRMCollator, apply_image_limits
 from bis_prm.model.vision_tower import freeze_vision_tower, has_vision_tower
 from bis_prm.training.dataset import DatasetCheck, PRMDatasetError, check_columns, prepare_prm_dataset
-from bis_prm.training.model_card import CITATION, write_model_card
+from bis_prm.training.model_card import CITATION, training_settings, write_model_card
 from bis_prm.training.prm_config import PRMConfig
 from bis_prm.training.sampling import PackedBatchRebalanceSampler
 
@@ -478,25 +478,7 @@ class PRMTrainer(_BaseTrainer):
         for mode, total in self._skipped_total.items():
             if total:
                 data_problems[f"{mode} batches"] = f"{total} rollouts skipped while collating"
-        training = {
-            "learning_rate": args.learning_rate,
-            "weight_decay": args.weight_decay,
-            "warmup_steps": args.warmup_steps,
-            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-            "num_train_epochs": args.num_train_epochs,
-            "max_steps": args.max_steps,
-            "per_device_train_batch_size": args.per_device_train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "world_size": args.world_size,
-            "bf16": args.bf16,
-            "head": args.head,
-            "step_token": args.step_token,
-            "label_mode": args.label_mode,
-            "prompt_format": args.prompt_format,
-            "max_length": args.max_length,
-            "freeze_vision_tower": args.freeze_vision_tower,
-            "seed": args.seed,
-        }
+        training = training_settings(args)
         model_id = args.hub_model_id or model_name or Path(args.output_dir).name
         write_model_card(
             args.output_dir,
