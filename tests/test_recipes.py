@@ -70,7 +70,8 @@ def test_the_slurm_script_launches_every_node_with_its_rank(tmp_path):
     )
     assert node.returncode == 0
     args = (tmp_path / "command.args").read_text().splitlines()
-    options = dict(zip(args[1 : args.index("recipes/train.py") : 2], args[2 : args.index("recipes/train.py") : 2]))
+    end = args.index("recipes/train.py")
+    options = dict(zip(args[1:end:2], args[2:end:2], strict=True))
     assert args[0] == "launch" and options == {
         "--config_file": "recipes/accelerate_configs/multi_node_zero3.yaml",
         "--num_machines": "2",
@@ -79,7 +80,7 @@ def test_the_slurm_script_launches_every_node_with_its_rank(tmp_path):
         "--main_process_ip": "node-a",
         "--main_process_port": "29500",
     }
-    assert args[args.index("recipes/train.py") :] == [
+    assert args[end:] == [
         "recipes/train.py",
         "--config",
         "recipes/internvl2_5_8b/bis10.yaml",

@@ -165,8 +165,10 @@ def internvl2_5_conversation(prompt: str, num_images: int, image_token: str, bos
     Example:
 
     ```python
-    >>> internvl2_5_conversation("Question: Q\\nProcess: a<prm>", 1, "<IMG_CONTEXT>")[-102:]
-    '<|im_start|>user\\n<|im_end|>\\n<|im_start|>assistant\\n<IMG_CONTEXT>\\nQuestion: Q\\nProcess: a<prm><|im_end|>\\n'
+    >>> text = internvl2_5_conversation("Question: Q\\nProcess: a<prm>", 1, "<IMG_CONTEXT>")
+    >>> text.splitlines()[-6:]
+    ['<|im_start|>user', '<|im_end|>', '<|im_start|>assistant', '<IMG_CONTEXT>', 'Question: Q',
+     'Process: a<prm><|im_end|>']
 
     ```
     """
