@@ -226,6 +226,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# slow: three training launches (one process, then two concurrent nodes), each importing torch and DeepSpeed
+@pytest.mark.slow
 def test_two_nodes_match_one_process_with_the_same_global_batch(assets, tmp_path):
     """The multi-node launch of recipes/accelerate_configs/multi_node_zero3.yaml as 2 "nodes" x 1 process on this
     machine (two `accelerate launch` with their `--machine_rank`, a loopback rendezvous): ZeRO-3 over both nodes,
