@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -171,9 +172,9 @@ def test_resume_matches_an_uninterrupted_run(assets, tmp_path, launcher):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_ddp_and_zero3_match_one_process_with_the_same_global_batch(assets, tmp_path):
-    """One global batch of 4 rollouts: 1 process x 4, DDP 2 processes x (1 x 2 accumulation steps), ZeRO-3 likewise.
-    The loss is normalised by the labelled steps of all micro-batches and processes, so the trained weights agree."""
+def _equality_run(assets, tmp_path: Path) -> tuple[list[str], dict, torch.nn.Module]:
+    """The recipe of the equality tests (deterministic SGD on 8 rollouts, 2 steps) and the weights one process trains
+    with a global batch of 4; returns the training command, its environment and that process's PRM."""
     from datasets import Dataset
 
     rows = prm_dataset(assets["images"], num_rows=8).to_list()
@@ -198,14 +199,67 @@ def test_ddp_and_zero3_match_one_process_with_the_same_global_batch(assets, tmp_
     one, _ = load_prm(tmp_path / "single")
     base, _ = load_prm(assets["model"], head="linear")
     assert not torch.equal(one.score.weight, base.score.weight)
+    return train, env, one
+
+
+def _assert_same_weights(one: torch.nn.Module, path: Path, what: str) -> None:
+    two, _ = load_prm(path)
+    for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=f"{what}: {name}")
+
+
+def test_ddp_and_zero3_match_one_process_with_the_same_global_batch(assets, tmp_path):
+    """One global batch of 4 rollouts: 1 process x 4, DDP 2 processes x (1 x 2 accumulation steps), ZeRO-3 likewise.
+    The loss is normalised by the labelled steps of all micro-batches and processes, so the trained weights agree."""
+    train, _, one = _equality_run(assets, tmp_path)
     for launcher in ("ddp", "zero3"):
         config = ["--config_file", str(REPO_ROOT / "recipes" / "accelerate_configs" / f"{launcher}.yaml")]
         per_process = ["--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2"]
         result = _launch([*config, "--num_processes", "2", *train, *per_process, "--output_dir", launcher], tmp_path)
         assert result.returncode == 0, result.stderr[-5000:]
-        two, _ = load_prm(tmp_path / launcher)
-        for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items(), strict=True):
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=f"{launcher}: {name}")
+        _assert_same_weights(one, tmp_path / launcher, launcher)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# slow: three training launches (one process, then two concurrent nodes), each importing torch and DeepSpeed
+@pytest.mark.slow
+def test_two_nodes_match_one_process_with_the_same_global_batch(assets, tmp_path):
+    """The multi-node launch of recipes/accelerate_configs/multi_node_zero3.yaml as 2 "nodes" x 1 process on this
+    machine (two `accelerate launch` with their `--machine_rank`, a loopback rendezvous): ZeRO-3 over both nodes,
+    1 rollout x 2 accumulation steps each, trains the weights of one process with the global batch of 4."""
+    train, env, one = _equality_run(assets, tmp_path)
+    port = str(_free_port())
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    launch += ["--config_file", str(REPO_ROOT / "recipes" / "accelerate_configs" / "multi_node_zero3.yaml")]
+    launch += ["--num_machines", "2", "--num_processes", "2", "--main_process_ip", "127.0.0.1"]
+    launch += ["--main_process_port", port]
+    per_process = ["--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2"]
+    nodes = [
+        subprocess.Popen(
+            [*launch, "--machine_rank", str(rank), *train, *per_process, "--output_dir", "two_nodes"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    for rank, (node, output) in enumerate(zip(nodes, outputs, strict=True)):
+        assert node.returncode == 0, f"node {rank}:\n{output[-5000:]}"
+    # one world of 2 processes over both launches (the model card records the world size)
+    assert "| world_size | 2 |" in (tmp_path / "two_nodes" / "README.md").read_text()
+    _assert_same_weights(one, tmp_path / "two_nodes", "2 nodes")
 
 
 def test_peft_config_is_token_classification_on_the_language_model():

@@ -66,11 +66,15 @@ def _image_tokens(processor, sizes: list[tuple[int, int]]) -> int:
 
 
 def rollout_token_counts(
-    processor, examples: Sequence[dict[str, Any]], step_token: str = "<prm>", max_images: int | None = None
+    processor,
+    examples: Sequence[dict[str, Any]],
+    step_token: str = "<prm>",
+    max_images: int | None = None,
+    prompt_format: str = "bis_prm",
 ) -> list[int]:
     """
-    Tokens each rollout takes as model input: its chat-rendered text plus its image tokens, without decoding any
-    image (sizes come from `example["image_sizes"]`, PIL images or the file headers).
+    Tokens each rollout takes as model input: its text rendered in `prompt_format` plus its image tokens, without
+    decoding any image (sizes come from `example["image_sizes"]`, PIL images or the file headers).
 
     A rollout that cannot be rendered counts 0 tokens (it fails later, where it is reported).
 
@@ -90,16 +94,16 @@ def rollout_token_counts(
             sizes = _image_sizes(example)
             if max_images is not None and len(sizes) > max_images:
                 sizes = [tiled_size(sizes)]
-            prompt = render_prompt(example["question"], example["steps"], step_token)
+            prompt = render_prompt(example["question"], example["steps"], step_token, prompt_format)
         except (ExampleError, ImageProblem, KeyError, TypeError):
             texts.append(None)
             image_tokens.append(0)
             continue
-        texts.append(chat_text(processor, prompt, len(sizes)))
+        texts.append(chat_text(processor, prompt, len(sizes), prompt_format))
         image_tokens.append(_image_tokens(processor, sizes))
     tokenizer = getattr(processor, "tokenizer", processor)
     renderable = [text for text in texts if text is not None]
-    special = adds_special_tokens(processor)
+    special = adds_special_tokens(processor, prompt_format)
     counts = tokenizer(renderable, add_special_tokens=special)["input_ids"] if renderable else []
     lengths = iter(len(ids) for ids in counts)
     return [0 if text is None else next(lengths) + extra for text, extra in zip(texts, image_tokens, strict=True)]
@@ -211,7 +215,8 @@ class StepScorer:
 
     Args:
         model ([`~transformers.PreTrainedModel`]):
-            A PRM (its config names the step token), on its device and in eval mode while scoring.
+            A PRM (its config names the step token and the prompt format it was trained with), on its device and in
+            eval mode while scoring.
         processor ([`~transformers.ProcessorMixin`]):
             The PRM's processor.
         max_batch_size (`int`, *optional*, defaults to `8`):
@@ -252,6 +257,8 @@ class StepScorer:
             step_token=model.config.step_token,
             padding_side=padding_side or tokenizer.padding_side,
             max_images=max_images,
+            # PRMs trained before `prompt_format` existed read the default format
+            prompt_format=getattr(model.config, "prompt_format", "bis_prm"),
         )
         self.max_batch_size, self.max_batch_tokens = max_batch_size, max_batch_tokens
         self.max_images, self.num_workers = max_images, num_workers
@@ -260,7 +267,10 @@ class StepScorer:
 
     def lengths(self, examples: Sequence[dict[str, Any]]) -> list[int]:
         """Total tokens of each rollout (see [`rollout_token_counts`])."""
-        return rollout_token_counts(self.processor, examples, self.collator.step_token, self.max_images)
+        collator = self.collator
+        return rollout_token_counts(
+            self.processor, examples, collator.step_token, self.max_images, collator.prompt_format
+        )
 
     def plan(self, examples: Sequence[dict[str, Any]], lengths: Sequence[int] | None = None) -> list[list[int]]:
         """The batches (lists of row indices) these rollouts are scored in (see [`plan_batches`])."""

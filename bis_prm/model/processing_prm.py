@@ -3,7 +3,9 @@
 A rollout is `{"image": ..., "question": str, "steps": list[str], "labels": list[float]}`. It is rendered as
 `Question: {question}\\nProcess: {step_1}<prm>\\n\\n{step_2}<prm>...` inside the user turn of the backbone's own chat
 template (images first; a text LM without a chat template, a base model, reads the prompt as it is), and every
-`<prm>` token carries the label of its step. A text PRM's rollouts have no `image`.
+`<prm>` token carries the label of its step. A text PRM's rollouts have no `image`. With
+`prompt_format="bis_reference"` an InternVL PRM reads the BIS reference code's own training sequence instead (see
+[`~bis_prm.data.prompt.internvl2_5_conversation`]).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from PIL import Image
 
 from bis_prm.data.images import MAX_IMAGE_PIXELS, ImageProblem, open_image
-from bis_prm.data.prompt import ExampleError, render_prompt
+from bis_prm.data.prompt import ExampleError, check_prompt_format, internvl2_5_conversation, render_prompt
 
 __all__ = [
     "ExampleError",
@@ -25,6 +27,7 @@ __all__ = [
     "adds_special_tokens",
     "apply_image_limits",
     "chat_text",
+    "check_processor_format",
     "is_text_processor",
     "load_image",
     "render_prompt",
@@ -53,10 +56,43 @@ def is_text_processor(processor) -> bool:
     return not hasattr(processor, "image_processor")
 
 
-def chat_text(processor, prompt: str, num_images: int = 0) -> str:
+def check_processor_format(processor, prompt_format: str) -> None:
+    """
+    Raise a `ValueError` when `processor` cannot render `prompt_format`: `"bis_reference"` is the InternVL template of
+    the reference code, so it needs an InternVL processor whose tokenizer has `<|im_start|>` and `<|im_end|>` as
+    single tokens.
+
+    Example:
+
+    ```python
+    >>> from bis_prm.testing import tiny_tokenizer
+    >>> check_processor_format(tiny_tokenizer("qwen2"), "bis_prm")
+
+    ```
+    """
+    check_prompt_format(prompt_format)
+    if prompt_format != "bis_reference":
+        return
+    from transformers import InternVLProcessor
+
+    if not isinstance(processor, InternVLProcessor):
+        raise ValueError(
+            f"prompt_format='bis_reference' is the BIS reference code's InternVL2.5 template; it needs an "
+            f"InternVLProcessor, not {type(processor).__name__}. Use prompt_format='bis_prm' (the backbone's own "
+            "chat template) for other backbones."
+        )
+    tokenizer = processor.tokenizer
+    for marker in ("<|im_start|>", "<|im_end|>"):
+        if len(tokenizer(marker, add_special_tokens=False).input_ids) != 1:
+            raise ValueError(f"prompt_format='bis_reference' needs {marker!r} as one token; this tokenizer splits it.")
+
+
+def chat_text(processor, prompt: str, num_images: int = 0, prompt_format: str = "bis_prm") -> str:
     """
     The model's input text for a rendered PRM prompt: the user turn of the backbone's chat template, with `num_images`
-    images before the prompt; for a text LM without a chat template (a base model), the prompt itself.
+    images before the prompt; for a text LM without a chat template (a base model), the prompt itself. With
+    `prompt_format="bis_reference"`, the BIS reference code's InternVL sequence
+    ([`~bis_prm.data.prompt.internvl2_5_conversation`]), starting with the BOS when the tokenizer adds one.
 
     Example:
 
@@ -67,6 +103,10 @@ def chat_text(processor, prompt: str, num_images: int = 0) -> str:
 
     ```
     """
+    if prompt_format == "bis_reference":
+        tokenizer = processor.tokenizer
+        bos = tokenizer.bos_token if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token else ""
+        return internvl2_5_conversation(prompt, num_images, processor.image_token, bos)
     if getattr(processor, "chat_template", None) is None:
         return prompt
     if is_text_processor(processor):
@@ -78,10 +118,10 @@ def chat_text(processor, prompt: str, num_images: int = 0) -> str:
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
 
 
-def adds_special_tokens(processor) -> bool:
+def adds_special_tokens(processor, prompt_format: str = "bis_prm") -> bool:
     """
     Whether the tokenizer adds its special tokens (a BOS) to the model input: only for a text LM without a chat
-    template, since a chat template writes them itself.
+    template, since a chat template writes them itself (and so does [`chat_text`] with `"bis_reference"`).
 
     Example:
 
@@ -91,6 +131,8 @@ def adds_special_tokens(processor) -> bool:
 
     ```
     """
+    if prompt_format == "bis_reference":
+        return False
     return is_text_processor(processor) and getattr(processor, "chat_template", None) is None
 
 
@@ -201,6 +243,10 @@ class PRMCollator:
             With `padding_free`, the base model's `get_rope_index` for backbones with multimodal rotary positions
             (Qwen2-VL, Qwen2.5-VL): each rollout gets the positions it has on its own, and `position_ids` is
             `[4, 1, tokens]` (text positions first, as these models expect of packed inputs).
+        prompt_format (`str`, *optional*, defaults to `"bis_prm"`):
+            `"bis_prm"`, the prompt in the user turn of the backbone's chat template, or `"bis_reference"`, the BIS
+            reference code's InternVL training sequence (InternVL processors only; see
+            [`~bis_prm.data.prompt.internvl2_5_conversation`]).
 
     Returns from `__call__`: a dict with the processor's tensors (`input_ids`, `attention_mask`, `pixel_values`,
     `image_grid_thw`, ...), `labels` (float [batch, seq], -100 off the step tokens) and `num_steps` (long [batch],
@@ -231,6 +277,7 @@ class PRMCollator:
         max_images: int | None = None,
         padding_free: bool = False,
         rope_index: Callable | None = None,
+        prompt_format: str = "bis_prm",
     ):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
@@ -245,6 +292,8 @@ class PRMCollator:
         self.padding_free, self.rope_index = padding_free, rope_index
         self.image_token_id = getattr(processor, "image_token_id", None)
         self.text_only = is_text_processor(processor)
+        check_processor_format(processor, prompt_format)
+        self.prompt_format = prompt_format
         if getattr(processor, "chat_template", None) is None and not self.text_only:
             raise ValueError("The processor has no chat template; PRM prompts are rendered with the backbone's own.")
         if self.tokenizer.pad_token_id is None:
@@ -260,10 +309,10 @@ class PRMCollator:
                 images = [tile_images(images)]
             if not isinstance(example.get("question"), str) or not isinstance(example.get("steps"), (list, tuple)):
                 raise ExampleError("wrong_type", "needs a `question` string and a `steps` list")
-            prompt = render_prompt(example["question"], example["steps"], self.step_token)
+            prompt = render_prompt(example["question"], example["steps"], self.step_token, self.prompt_format)
         except (ExampleError, ImageProblem) as error:
             raise ExampleError(error.reason, str(error), example=index) from error
-        return chat_text(self.processor, prompt, len(images)), images
+        return chat_text(self.processor, prompt, len(images), self.prompt_format), images
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         labelled = self._has_labels(examples)
@@ -355,8 +404,8 @@ class PRMCollator:
         texts = [text for text, _, _ in rendered]
         images = [image for _, example_images, _ in rendered for image in example_images]
         kwargs = {"images": images} if images else {}
-        if self.text_only:
-            kwargs["add_special_tokens"] = adds_special_tokens(self.processor)
+        if self.text_only or self.prompt_format == "bis_reference":
+            kwargs["add_special_tokens"] = adds_special_tokens(self.processor, self.prompt_format)
         batch = self.processor(text=texts, padding=True, padding_side=self.padding_side, return_tensors="pt", **kwargs)
         batch = dict(batch)
         truncated = batch["attention_mask"].sum(dim=1) > (self.max_length or batch["input_ids"].shape[1])

@@ -16,7 +16,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from bis_prm.serving.vllm import vllm_serve_command_line
 
-__all__ = ["CARD_FACTS", "TEMPLATE_PATH", "update_model_card", "write_model_card"]
+__all__ = ["CARD_FACTS", "TEMPLATE_PATH", "training_settings", "update_model_card", "write_model_card"]
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
 CARD_FACTS = "bis_prm_card.json"
@@ -33,6 +33,42 @@ TAGS = ("trl", "prm", "bis-prm")
 def _is_score(metric_name: str) -> bool:
     # Keep quality metrics in the card, not timings
     return metric_name.endswith(("loss", "accuracy")) or "f1" in metric_name
+
+
+def training_settings(args) -> dict[str, Any]:
+    """
+    The settings of a training run that the card's "Training procedure" table shows, from its [`PRMConfig`] (the
+    repository's `model_card.md`, the card of a paper-faithful run, lists the same ones).
+
+    Example:
+
+    ```python
+    >>> training_settings(PRMConfig("out", prompt_format="bis_reference"))["prompt_format"]  # doctest: +SKIP
+    'bis_reference'
+
+    ```
+    """
+    return {
+        "learning_rate": args.learning_rate,
+        "weight_decay": args.weight_decay,
+        "warmup_steps": args.warmup_steps,
+        "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "num_train_epochs": args.num_train_epochs,
+        "max_steps": args.max_steps,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "world_size": args.world_size,
+        "bf16": args.bf16,
+        "head": args.head,
+        "step_token": args.step_token,
+        "label_mode": args.label_mode,
+        "prompt_format": args.prompt_format,
+        "max_length": args.max_length,
+        "max_pixels": args.max_pixels,
+        "max_tiles": args.max_tiles,
+        "freeze_vision_tower": args.freeze_vision_tower,
+        "seed": args.seed,
+    }
 
 
 def write_model_card(output_dir: str | os.PathLike, facts: dict[str, Any]) -> Path:

@@ -10,6 +10,8 @@ import torch
 from transformers.utils import is_torch_bf16_gpu_available
 from trl.trainer.base_config import _BaseConfig
 
+from bis_prm.data.prompt import PROMPT_FORMATS, check_prompt_format
+
 
 @dataclass
 class PRMConfig(_BaseConfig):
@@ -51,6 +53,11 @@ class PRMConfig(_BaseConfig):
             Column with the per-step Monte Carlo scores in [0, 1], the targets of `label_mode="soft"`.
         label_mode (`str`, *optional*, defaults to `"hard"`):
             Training targets: `"hard"`, the labels column; `"soft"`, the MC scores. Evaluation uses the labels.
+        prompt_format (`str`, *optional*, defaults to `"bis_prm"`):
+            How a rollout is written for the model: `"bis_prm"`, `Question: ...\nProcess: step<prm>\n\n...` in the
+            user turn of the backbone's chat template; `"bis_reference"`, the BIS reference code's InternVL2.5
+            training sequence (system prompt, empty user turn, images and text in the assistant turn; InternVL
+            models only). Stored in the PRM's config, so that inference renders rollouts the same way.
         image_root (`str`, *optional*):
             Directory that relative image paths are resolved against, instead of each row's `image_root` column.
         max_length (`int`, *optional*, defaults to `4096`):
@@ -142,6 +149,14 @@ class PRMConfig(_BaseConfig):
             "choices": ["hard", "soft"],
         },
     )
+    prompt_format: str = field(
+        default="bis_prm",
+        metadata={
+            "help": "`bis_prm`: the prompt in the backbone's chat template; `bis_reference`: the BIS reference "
+            "code's InternVL2.5 sequence (system prompt, empty user turn, the prompt in the assistant turn).",
+            "choices": list(PROMPT_FORMATS),
+        },
+    )
     image_root: str | None = field(
         default=None,
         metadata={"help": "Directory relative image paths are resolved against (instead of the image_root column)."},
@@ -180,6 +195,7 @@ class PRMConfig(_BaseConfig):
             raise ValueError(f"`head` must be 'yes_no' or 'linear', got {self.head!r}.")
         if self.label_mode not in ("hard", "soft"):
             raise ValueError(f"`label_mode` must be 'hard' or 'soft', got {self.label_mode!r}.")
+        check_prompt_format(self.prompt_format)
         if self.max_length is not None and self.max_length <= 0:
             raise ValueError(f"`max_length` must be positive or None, got {self.max_length}.")
 

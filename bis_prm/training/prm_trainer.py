@@ -54,7 +54,7 @@ from bis_prm.model.modeling_prm import load_prm, positive_index, prm_loss
 from bis_prm.model.processing_prm import PRMCollator, apply_image_limits
 from bis_prm.model.vision_tower import freeze_vision_tower, has_vision_tower
 from bis_prm.training.dataset import DatasetCheck, PRMDatasetError, check_columns, prepare_prm_dataset
-from bis_prm.training.model_card import CITATION, write_model_card
+from bis_prm.training.model_card import CITATION, training_settings, write_model_card
 from bis_prm.training.prm_config import PRMConfig
 from bis_prm.training.sampling import PackedBatchRebalanceSampler
 
@@ -277,6 +277,14 @@ class PRMTrainer(_BaseTrainer):
             logger.warning("`model_init_kwargs` is ignored: the model is already instantiated.")
         if args.freeze_vision_tower and has_vision_tower(model):  # a text PRM has none
             freeze_vision_tower(model)
+        # the saved PRM names the format it was trained with, so that inference renders rollouts the same way
+        trained_format = getattr(model.config, "prompt_format", None)
+        if trained_format not in (None, args.prompt_format):
+            logger.warning(
+                f"The model was trained with prompt_format={trained_format!r}; training it further with "
+                f"prompt_format={args.prompt_format!r}, which its saved config will name from now on."
+            )
+        model.config.prompt_format = args.prompt_format
         base_model = model.base_model
         if args.use_liger_kernel:
             # Liger's kernels go into the backbone. Its fused LM-head loss has no place in a PRM (there is no LM
@@ -320,6 +328,7 @@ class PRMTrainer(_BaseTrainer):
                 padding_free=args.padding_free,
                 # multimodal rotary positions (Qwen2-VL family) are computed per rollout when rollouts are packed
                 rope_index=getattr(base_model, "get_rope_index", None),
+                prompt_format=args.prompt_format,
             )
             data_collator = SkippingCollator(collator, fallback=train_dataset[0])
 
@@ -469,24 +478,7 @@ class PRMTrainer(_BaseTrainer):
         for mode, total in self._skipped_total.items():
             if total:
                 data_problems[f"{mode} batches"] = f"{total} rollouts skipped while collating"
-        training = {
-            "learning_rate": args.learning_rate,
-            "weight_decay": args.weight_decay,
-            "warmup_steps": args.warmup_steps,
-            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-            "num_train_epochs": args.num_train_epochs,
-            "max_steps": args.max_steps,
-            "per_device_train_batch_size": args.per_device_train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "world_size": args.world_size,
-            "bf16": args.bf16,
-            "head": args.head,
-            "step_token": args.step_token,
-            "label_mode": args.label_mode,
-            "max_length": args.max_length,
-            "freeze_vision_tower": args.freeze_vision_tower,
-            "seed": args.seed,
-        }
+        training = training_settings(args)
         model_id = args.hub_model_id or model_name or Path(args.output_dir).name
         write_model_card(
             args.output_dir,
@@ -523,10 +515,12 @@ def _prm_loss(
     return prm_loss(outputs.logits, labels, num_items_in_batch, positive_index)
 
 
-def _lengths_batch(batch: dict[str, list], processor, step_token: str, max_images: int | None) -> dict[str, list]:
+def _lengths_batch(
+    batch: dict[str, list], processor, step_token: str, max_images: int | None, prompt_format: str
+) -> dict[str, list]:
     # Module-level so that `datasets` can map it in several processes
     rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-    return {"length": rollout_token_counts(processor, rows, step_token, max_images)}
+    return {"length": rollout_token_counts(processor, rows, step_token, max_images, prompt_format)}
 
 
 def _with_lengths(dataset: Dataset, processor, args: PRMConfig) -> Dataset:
@@ -535,7 +529,12 @@ def _with_lengths(dataset: Dataset, processor, args: PRMConfig) -> Dataset:
     lengths = dataset.select_columns(["image", "question", "steps"]).map(
         _lengths_batch,
         batched=True,
-        fn_kwargs={"processor": processor, "step_token": args.step_token, "max_images": args.max_images},
+        fn_kwargs={
+            "processor": processor,
+            "step_token": args.step_token,
+            "max_images": args.max_images,
+            "prompt_format": args.prompt_format,
+        },
         remove_columns=["image", "question", "steps"],
         num_proc=args.dataset_num_proc,
         desc="Measuring rollouts",
