@@ -56,9 +56,11 @@ def test_a_checkpoint_saved_with_the_class_order_of_0_2_scores_as_before(prm, tm
     with torch.no_grad():
         legacy.score.weight.copy_(model.score.weight.flip(0))
         legacy.score.bias.copy_(model.score.bias.flip(0))
-    expected = score_steps(model, processor, rollouts())
-    assert score_steps(legacy, processor, rollouts()) == pytest.approx(expected, abs=1e-6)
-    assert expected != pytest.approx([[1 - s for s in row] for row in expected], abs=1e-3)
+    expected = [score for row in score_steps(model, processor, rollouts()) for score in row]
+    assert [score for row in score_steps(legacy, processor, rollouts()) for score in row] == pytest.approx(
+        expected, abs=1e-6
+    )
+    assert expected != pytest.approx([1 - score for score in expected], abs=1e-3)
 
 
 def test_score_steps_names_the_bad_rollout(prm):
