@@ -20,7 +20,15 @@ import pyarrow.compute as pc
 
 from .arrow_utils import list_array, list_parts
 
-__all__ = ["PROCESS_PREFIX", "QUESTION_PREFIX", "STEP_SEPARATOR", "ExampleError", "prompt_column", "render_prompt"]
+__all__ = [
+    "PROCESS_PREFIX",
+    "QUESTION_PREFIX",
+    "STEP_SEPARATOR",
+    "ExampleError",
+    "prompt_column",
+    "render_prompt",
+    "strip_image_placeholders",
+]
 
 QUESTION_PREFIX = "Question: "
 PROCESS_PREFIX = "\nProcess: "
@@ -71,7 +79,7 @@ def render_prompt(question: str, steps: Sequence[str], step_token: str = "<prm>"
     """
     if not steps:
         raise ExampleError("no_steps", "The rollout has no step to score.")
-    question = _IMAGE_PLACEHOLDER.sub("", question).strip()
+    question = strip_image_placeholders(question)
     for name, text in [("question", question), *((f"step {i}", step) for i, step in enumerate(steps))]:
         if step_token in text:
             raise ExampleError(
@@ -79,6 +87,21 @@ def render_prompt(question: str, steps: Sequence[str], step_token: str = "<prm>"
             )
     process = STEP_SEPARATOR.join(f"{step.strip()}{step_token}" for step in steps)
     return f"{QUESTION_PREFIX}{question}{PROCESS_PREFIX}{process}"
+
+
+def strip_image_placeholders(question: str) -> str:
+    """
+    The question without its `<image>` / `<imageN>` placeholders (a chat template places the images), stripped.
+
+    Example:
+
+    ```python
+    >>> strip_image_placeholders("<image1><image2>Which shape is blue?")
+    'Which shape is blue?'
+
+    ```
+    """
+    return _IMAGE_PLACEHOLDER.sub("", question).strip()
 
 
 def prompt_column(questions: pa.Array, steps: pa.ListArray, step_token: str = "<prm>") -> pa.Array:

@@ -220,7 +220,8 @@ class StepScorerBase:
       [`~bis_prm.model.processing_prm.ExampleError`] for a row it cannot score;
     - `collate(rendered, positions) -> dict`: the padded batch of rendered rows, the model's keyword arguments plus
       `step_mask` (bool `[batch, seq]`, `True` where a step is read, one position per step in order);
-    - `step_probabilities(logits) -> torch.Tensor`: P(correct) at every position (`[batch, seq]`).
+    - `step_probabilities(logits) -> torch.Tensor`: P(correct) at every position (`[batch, seq]`) from the model's
+      logits as they come (cast what you read: a causal LM's full-vocabulary logits are large).
 
     (Or `collate_skipping(rows)` instead of `render` and `collate`, as [`StepScorer`] does with its collator.)
 
@@ -250,6 +251,8 @@ class StepScorerBase:
 
     #: Text that no question or step may contain (the token the scores are read at), or `None`.
     step_token: str | None = None
+    #: Extra keyword arguments of every forward pass (`use_cache=False` for causal LMs).
+    forward_kwargs: dict[str, Any] = {}
 
     def __init__(
         self,
@@ -360,10 +363,10 @@ class StepScorerBase:
         self.stats.real_tokens += int(inputs["attention_mask"].sum())
         self.stats.computed_tokens += inputs["input_ids"].numel()
         self.stats.batches += 1
-        outputs = model(**inputs)
-        # remote-code models may return a plain tuple (logits first), as Qwen2.5-Math-PRM does
+        outputs = model(**inputs, **self.forward_kwargs)
+        # remote-code models may return a plain tuple (logits first), as Qwen2.5-Math-PRM's may
         logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
-        probs = self.step_probabilities(logits.float()).cpu()
+        probs = self.step_probabilities(logits).float().cpu()
         return [probs[row][step_mask[row]].tolist() for row in range(len(probs))]
 
 
@@ -429,7 +432,7 @@ class StepScorer(StepScorerBase):
         return batch, kept, failures
 
     def step_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.softmax(dim=-1)[..., self.positive_index]
+        return logits.float().softmax(dim=-1)[..., self.positive_index]
 
 
 def score_steps(
