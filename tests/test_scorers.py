@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from bis_prm.cli import main
+from bis_prm.data.prompt import ExampleError
 from bis_prm.model.inference import StepScorerBase
 from bis_prm.model.scorers import (
     QWEN_PRM_SYSTEM_PROMPT,
@@ -334,9 +335,64 @@ def test_bis_prm_eval_refuses_remote_code_without_the_flag(checkpoints, tmp_path
     assert main(args) == 2
     assert "pass --trust-remote-code (trust_remote_code=True) if you trust it" in capsys.readouterr().err
     assert main([*args[:1], "--model", str(checkpoints["rlhflow"]), *args[3:]]) == 2
-    assert "name it with scorer= (--scorer): math_shepherd, rlhflow or visualprm" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "is not a PRM (its config.json has no prm_head)" in error
+    assert "answers with tokens needs its format: --scorer math_shepherd, rlhflow or visualprm" in error
     # a stock class would load it with a random head
     assert main([*args, "--scorer", "trl", "--trust-remote-code"]) == 2
     assert (
         "is a Qwen2ForProcessRewardModel; the 'trl' scorer reads a *ForTokenClassification" in capsys.readouterr().err
     )
+
+
+class TagScorer(StepScorerBase):
+    """The example of docs/scorers.md, as written there: a user's scorer on the interface."""
+
+    def __init__(self, model, tokenizer, **kwargs):
+        super().__init__(model, tokenizer, **kwargs)
+        self.tag = tokenizer("ки", add_special_tokens=False).input_ids[-1]
+        self.good, self.bad = tokenizer("+ -", add_special_tokens=False).input_ids
+
+    def render(self, row, position):
+        if not row.get("steps"):
+            raise ExampleError("no_steps", "no step to score")
+        text = row["question"] + " " + "\n".join(f"{step} ки" for step in row["steps"])
+        return self.tokenizer(text).input_ids
+
+    def collate(self, rendered, positions):
+        batch = dict(self.tokenizer.pad({"input_ids": rendered}, padding_side=self.padding_side, return_tensors="pt"))
+        batch["step_mask"] = batch["input_ids"] == self.tag
+        return batch
+
+    def lengths(self, rows):
+        return [len(self.render(row, i)) if row.get("steps") else 0 for i, row in enumerate(rows)]
+
+    def step_probabilities(self, logits):
+        return logits[..., [self.good, self.bad]].float().softmax(dim=-1)[..., 0]
+
+
+def test_the_documented_user_scorer_runs_on_the_interface(checkpoints, scorers):
+    shepherd = scorers["math_shepherd"]
+    scorer = TagScorer(shepherd.model, shepherd.tokenizer, max_batch_size=2, num_workers=1)
+    rows = [*ROWS, {"question": "Q?", "steps": []}]
+    results = scorer.score_rows(rows)
+    flat = [score for scores in results[:3] for score in scores]
+    assert flat == pytest.approx([score for scores in shepherd.score_rows(ROWS) for score in scores], abs=1e-5)
+    assert results[3].reason == "no_steps" and scorer.stats.batches == 2
+
+
+def test_options_of_another_format_are_one_line_errors(checkpoints, tmp_path, capsys):
+    bench = write_visualprocessbench(tmp_path / "bench", rows=2, image_side=(28, 56), steps=(2, 3))
+    base = ["eval", "--benchmark", str(bench), "--output-dir", str(tmp_path / "out")]
+    cases = [
+        (
+            ["--model", str(checkpoints["rlhflow"]), "--scorer", "rlhflow", "--step-separator", "\n"],
+            "--step-separator",
+        ),
+        (["--model", str(checkpoints["trl"]), "--max-images", "1"], "--max-images does not apply to the trl scorer"),
+        (["--model", str(checkpoints["rlhflow"]), "--scorer", "rlhflow", "--head", "yes_no"], "--head makes"),
+    ]
+    for args, message in cases:
+        assert main([*base, *args]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -102,30 +102,66 @@ def add_parser(subparsers, name: str, help: str) -> None:
     parser.set_defaults(func=run)
 
 
-def check_scorer(model: str, scorer: str, head: str | None = None, trust_remote_code: bool = False) -> None:
+def check_scorer(
+    model: str, scorer: str, head: str | None = None, trust_remote_code: bool = False, **format_options
+) -> None:
     """
     Raise a [`CommandError`] before any loading when `model` cannot be scored: a bis_prm PRM is checked by
-    `check_prm_path`; for another local checkpoint, the scorer must fit its config and remote code needs
-    `--trust-remote-code` (a Hub id is checked when it is loaded).
+    `check_prm_path`; for another local checkpoint, the scorer must fit its config, remote code needs
+    `--trust-remote-code`, and the options set in `format_options` (`max_images`, `step_separator`, ...; `None`
+    for unset) must be the scorer's (a Hub id is checked when it is loaded).
     """
+    if head is not None and scorer not in ("auto", "bis_prm"):
+        raise CommandError(f"--head makes a bis_prm PRM of a base model; --scorer {scorer} takes none")
     config_file = os.path.join(model, "config.json")
     if scorer == "bis_prm" or head is not None or not os.path.isfile(config_file):
         check_prm_path(model, head)
-        return
-    from bis_prm.model.scorers import model_class_for, resolve_scorer
+        if scorer == "auto" and head is None:  # a Hub id: its config is read when it is loaded
+            return
+        name = "bis_prm" if head is not None else scorer
+    else:
+        from bis_prm.model.scorers import model_class_for, resolve_scorer
 
-    try:
-        with open(config_file, encoding="utf-8") as f:
-            config = json.load(f)
-        name = resolve_scorer(config, scorer)
-        if name != "bis_prm":
-            model_class_for(config, name, trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise CommandError(f"{model}: {error}") from None
+        try:
+            with open(config_file, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError) as error:
+            raise CommandError(f"{config_file} cannot be read: {error}") from None
+        try:
+            name = resolve_scorer(config, scorer)
+        except ValueError:
+            try:
+                check_prm_path(model, head)  # what a bis_prm user is told
+            except CommandError as error:
+                raise CommandError(
+                    f"{error}; a PRM of another library that answers with tokens needs its format: --scorer "
+                    "math_shepherd, rlhflow or visualprm"
+                ) from None
+            raise
+        try:
+            if name != "bis_prm":
+                model_class_for(config, name, trust_remote_code)
+        except ValueError as error:
+            raise CommandError(f"{model}: {error}") from None
+    import inspect
+
+    from bis_prm.model.scorers import SCORERS
+
+    accepted = inspect.signature(SCORERS[name][0].__init__).parameters
+    for option, value in format_options.items():
+        if value is not None and option not in accepted:
+            raise CommandError(f"--{option.replace('_', '-')} does not apply to the {name} scorer")
 
 
 def run(args: argparse.Namespace) -> int:
-    check_scorer(args.model, args.scorer, args.head, args.trust_remote_code)
+    check_scorer(
+        args.model,
+        args.scorer,
+        args.head,
+        args.trust_remote_code,
+        max_images=args.max_images,
+        step_separator=args.step_separator,
+    )
     benchmark = args.benchmark
     if not os.path.exists(benchmark) and (benchmark.count("/") != 1 or benchmark.startswith((".", "/", "~"))):
         raise CommandError(f"benchmark {benchmark} does not exist (and is not a Hub dataset id)")

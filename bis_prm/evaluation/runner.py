@@ -216,7 +216,8 @@ def _no_usable_rows(benchmark: VisualProcessBench, when: str) -> NoUsableRowsErr
     return NoUsableRowsError(f"no row of {benchmark.path} could be {when} ({why})")
 
 
-def _load_scorer(config: EvalConfig, device, num_workers: int):
+def _load_model(config: EvalConfig, device, num_workers: int):
+    """The scorer of `config.model`: the model on `device` and the way its step scores are read."""
     from transformers.utils import is_flash_attn_2_available
 
     from bis_prm.model.scorers import load_scorer
@@ -305,7 +306,7 @@ def evaluate_prm(config: EvalConfig) -> dict | None:
             + (f"; left out by --sources: {benchmark.excluded}" if benchmark.excluded else "")
         )
 
-    scorer = _load_scorer(config, state.device, _workers(config.num_workers, state.num_processes))
+    scorer = _load_model(config, state.device, _workers(config.num_workers, state.num_processes))
     rows = benchmark.rows
     lengths = scorer.lengths(rows)
     batches = plan_batches(lengths, config.batch_size, config.max_batch_tokens)

@@ -448,7 +448,9 @@ def collate_skipping(
             collate([item], [index])
             good.append((index, item))
         except Exception as error:
-            failures.append((index, getattr(error, "reason", "processing_failed"), getattr(error, "detail", str(error))))
+            failures.append(
+                (index, getattr(error, "reason", "processing_failed"), getattr(error, "detail", str(error)))
+            )
     failures.sort()
     if not good:
         return None, [], failures
