@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from bis_prm.data.images import ImageProblem
-from bis_prm.data.prompt import ExampleError, strip_image_placeholders
+from bis_prm.data.prompt import ExampleError, check_rollout, strip_image_placeholders
 from bis_prm.model.inference import StepScorer, StepScorerBase, _image_sizes, _image_tokens
 from bis_prm.model.modeling_prm import positive_index
 from bis_prm.model.processing_prm import _example_images, is_text_processor, step_token_id
@@ -76,14 +76,7 @@ def _question_and_steps(example: dict[str, Any], step_token: str | None) -> tupl
         raise ExampleError("wrong_type", "needs a `question` string and a `steps` list")
     if not all(isinstance(step, str) for step in steps):
         raise ExampleError("wrong_type", "`steps` must be a list of strings")
-    if not steps:
-        raise ExampleError("no_steps", "The rollout has no step to score.")
-    if step_token:
-        for name, text in [("question", question), *((f"step {i}", step) for i, step in enumerate(steps))]:
-            if step_token in text:
-                raise ExampleError(
-                    "step_token_in_text", f"The {name} already contains the step token {step_token!r}: {text[:80]!r}"
-                )
+    check_rollout(question, steps, step_token)
     return question, list(steps)
 
 
