@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -393,7 +394,14 @@ def make_tiny_vlm(
     return path
 
 
-def make_tiny_lm(arch: str, path: str | os.PathLike, seed: int = 0, chat_template: bool = True, **overrides) -> Path:
+def make_tiny_lm(
+    arch: str,
+    path: str | os.PathLike,
+    seed: int = 0,
+    chat_template: bool = True,
+    added_tokens: Sequence[str] = (),
+    **overrides,
+) -> Path:
     """
     Write a tiny random causal LM checkpoint and its tokenizer to `path`, without any network access: the base of a
     text PRM.
@@ -408,6 +416,8 @@ def make_tiny_lm(arch: str, path: str | os.PathLike, seed: int = 0, chat_templat
         chat_template (`bool`, *optional*, defaults to `True`):
             Give the tokenizer a ChatML chat template, as instruct models have; `False` makes a base model's
             tokenizer (no template).
+        added_tokens (`Sequence[str]`, *optional*):
+            Tokens added to the vocabulary, each then one token (a PRM's step tag, e.g. math-shepherd's `"ки"`).
         **overrides:
             Fields of the model config (e.g. `hidden_size`).
 
@@ -432,6 +442,7 @@ def make_tiny_lm(arch: str, path: str | os.PathLike, seed: int = 0, chat_templat
     tokenizer = tiny_tokenizer(arch)
     if not chat_template:
         tokenizer.chat_template = None
+    tokenizer.add_tokens(list(added_tokens))
     config_class = Qwen2Config if arch == "qwen2" else LlamaConfig
     config = config_class(**{**_text_config(tokenizer), "tie_word_embeddings": True, **overrides})
     torch.manual_seed(seed)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bis_prm.cli import check_prm_path, existing_file, non_negative_int, positive_int, writable_file
+from bis_prm.cli import existing_file, non_negative_int, positive_int, writable_file
+from bis_prm.cli.eval import SCORER_NAMES, check_scorer
 
 
 def add_parser(subparsers, name: str, help: str) -> None:
@@ -28,29 +29,35 @@ def add_parser(subparsers, name: str, help: str) -> None:
     parser.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader workers decoding images.")
     parser.add_argument("--max-images", type=positive_int, default=None, help="Tile more images into one grid.")
     parser.add_argument("--output", type=writable_file, default=None, help="Write per-question choices (JSONL) here.")
+    parser.add_argument(
+        "--scorer",
+        choices=["auto", *SCORER_NAMES],
+        default="auto",
+        help="How step scores are read (see bis-prm eval --help and docs/scorers.md).",
+    )
+    parser.add_argument("--trust-remote-code", action="store_true", help="Run the checkpoint's own modeling code.")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    check_prm_path(args.model)
+    check_scorer(args.model, args.scorer, trust_remote_code=args.trust_remote_code, max_images=args.max_images)
 
     import json
 
     from bis_prm.evaluation.best_of_n import best_of_n
-    from bis_prm.model.modeling_prm import load_prm
+    from bis_prm.model.scorers import load_scorer
 
-    model, processor = load_prm(args.model, dtype="auto")
-    model.eval()
-    results, summary = best_of_n(
-        model,
-        processor,
-        args.candidates,
-        args.aggregation,
-        batch_size=args.batch_size,
-        max_images=args.max_images,
+    options = {"max_images": args.max_images} if args.max_images is not None else {}
+    scorer = load_scorer(
+        args.model,
+        args.scorer,
+        trust_remote_code=args.trust_remote_code,
+        max_batch_size=args.batch_size,
         max_batch_tokens=args.max_batch_tokens,
         num_workers=args.num_workers,
+        **options,
     )
+    results, summary = best_of_n(scorer.model, scorer.processor, args.candidates, args.aggregation, scorer=scorer)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in results)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 from bis_prm.cli import (
@@ -14,6 +15,9 @@ from bis_prm.cli import (
     probability,
     writable_dir,
 )
+
+# the scorers of bis_prm.model.scorers.SCORERS, named here so that `--help` imports no torch
+SCORER_NAMES = ("bis_prm", "trl", "qwen_prm", "math_shepherd", "rlhflow", "visualprm")
 
 
 def _threshold(value: str) -> float | str:
@@ -89,6 +93,23 @@ def add_parser(subparsers, name: str, help: str) -> None:
         default=None,
         help="Evaluate a base VLM as a zero-shot judge with this new head (yes_no: the LM's Yes/No logits).",
     )
+    parser.add_argument(
+        "--scorer",
+        choices=["auto", *SCORER_NAMES],
+        default="auto",
+        help="How step scores are read: auto (bis_prm, trl or qwen_prm, from the checkpoint's config) or the format "
+        "of a causal-LM / VLM PRM (math_shepherd, rlhflow, visualprm). See docs/scorers.md.",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="Run the checkpoint's own modeling code (Qwen2.5-Math-PRM's Qwen2ForProcessRewardModel).",
+    )
+    parser.add_argument(
+        "--step-separator",
+        default=None,
+        help='trl scorer: the step_separator the PRM was trained with (default: TRL\'s "\\n").',
+    )
     parser.add_argument("--dtype", default="auto", help='Weights dtype; "auto" keeps the checkpoint\'s.')
     parser.add_argument(
         "--attn-implementation",
@@ -98,8 +119,66 @@ def add_parser(subparsers, name: str, help: str) -> None:
     parser.set_defaults(func=run)
 
 
+def check_scorer(
+    model: str, scorer: str, head: str | None = None, trust_remote_code: bool = False, **format_options
+) -> None:
+    """
+    Raise a [`CommandError`] before any loading when `model` cannot be scored: a bis_prm PRM is checked by
+    `check_prm_path`; for another local checkpoint, the scorer must fit its config, remote code needs
+    `--trust-remote-code`, and the options set in `format_options` (`max_images`, `step_separator`, ...; `None`
+    for unset) must be the scorer's (a Hub id is checked when it is loaded).
+    """
+    if head is not None and scorer not in ("auto", "bis_prm"):
+        raise CommandError(f"--head makes a bis_prm PRM of a base model; --scorer {scorer} takes none")
+    config_file = os.path.join(model, "config.json")
+    if scorer == "bis_prm" or head is not None or not os.path.isfile(config_file):
+        check_prm_path(model, head)
+        if scorer == "auto" and head is None:  # a Hub id: its config is read when it is loaded
+            return
+        name = "bis_prm" if head is not None else scorer
+    else:
+        from bis_prm.model.scorers import model_class_for, resolve_scorer
+
+        try:
+            with open(config_file, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError) as error:
+            raise CommandError(f"{config_file} cannot be read: {error}") from None
+        try:
+            name = resolve_scorer(config, scorer)
+        except ValueError:
+            try:
+                check_prm_path(model, head)  # what a bis_prm user is told
+            except CommandError as error:
+                raise CommandError(
+                    f"{error}; a PRM of another library that answers with tokens needs its format: --scorer "
+                    "math_shepherd, rlhflow or visualprm"
+                ) from None
+            raise
+        try:
+            if name != "bis_prm":
+                model_class_for(config, name, trust_remote_code)
+        except ValueError as error:
+            raise CommandError(f"{model}: {error}") from None
+    import inspect
+
+    from bis_prm.model.scorers import SCORERS
+
+    accepted = inspect.signature(SCORERS[name][0].__init__).parameters
+    for option, value in format_options.items():
+        if value is not None and option not in accepted:
+            raise CommandError(f"--{option.replace('_', '-')} does not apply to the {name} scorer")
+
+
 def run(args: argparse.Namespace) -> int:
-    check_prm_path(args.model, args.head)
+    check_scorer(
+        args.model,
+        args.scorer,
+        args.head,
+        args.trust_remote_code,
+        max_images=args.max_images,
+        step_separator=args.step_separator,
+    )
     benchmark = args.benchmark
     if not os.path.exists(benchmark) and (benchmark.count("/") != 1 or benchmark.startswith((".", "/", "~"))):
         raise CommandError(f"benchmark {benchmark} does not exist (and is not a Hub dataset id)")
@@ -137,6 +216,9 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         attn_implementation=args.attn_implementation,
         benchmark_type=benchmark_type,
+        scorer=args.scorer,
+        trust_remote_code=args.trust_remote_code,
+        step_separator=args.step_separator,
     )
     try:
         evaluate_prm(config)

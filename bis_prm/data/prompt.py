@@ -42,9 +42,11 @@ __all__ = [
     "STEP_SEPARATOR",
     "ExampleError",
     "check_prompt_format",
+    "check_rollout",
     "internvl2_5_conversation",
     "prompt_column",
     "render_prompt",
+    "strip_image_placeholders",
 ]
 
 QUESTION_PREFIX = "Question: "
@@ -126,18 +128,51 @@ def render_prompt(
     ```
     """
     check_prompt_format(prompt_format)
+    question = strip_image_placeholders(question) if prompt_format == "bis_prm" else question.strip()
+    check_rollout(question, steps, step_token)
+    process = STEP_SEPARATOR.join(f"{step.strip()}{step_token}" for step in steps)
+    return f"{QUESTION_PREFIX}{question}{PROCESS_PREFIX}{process}"
+
+
+def check_rollout(question: str, steps: Sequence[str], step_token: str | None = None) -> None:
+    """
+    Raise an [`ExampleError`] when a rollout has no step (`no_steps`), or its question or a step already contains
+    `step_token`, the text a PRM reads its scores at (`step_token_in_text`).
+
+    Example:
+
+    ```python
+    >>> check_rollout("What is 1 + 1?", ["1 + 1 = 2<prm>"], "<prm>")
+    Traceback (most recent call last):
+    ...
+    bis_prm.data.prompt.ExampleError: The step 0 already contains the step token '<prm>': '1 + 1 = 2<prm>'
+
+    ```
+    """
     if not steps:
         raise ExampleError("no_steps", "The rollout has no step to score.")
-    if prompt_format == "bis_prm":
-        question = _IMAGE_PLACEHOLDER.sub("", question)
-    question = question.strip()
+    if not step_token:
+        return
     for name, text in [("question", question), *((f"step {i}", step) for i, step in enumerate(steps))]:
         if step_token in text:
             raise ExampleError(
                 "step_token_in_text", f"The {name} already contains the step token {step_token!r}: {text[:80]!r}"
             )
-    process = STEP_SEPARATOR.join(f"{step.strip()}{step_token}" for step in steps)
-    return f"{QUESTION_PREFIX}{question}{PROCESS_PREFIX}{process}"
+
+
+def strip_image_placeholders(question: str) -> str:
+    """
+    The question without its `<image>` / `<imageN>` placeholders (a chat template places the images), stripped.
+
+    Example:
+
+    ```python
+    >>> strip_image_placeholders("<image1><image2>Which shape is blue?")
+    'Which shape is blue?'
+
+    ```
+    """
+    return _IMAGE_PLACEHOLDER.sub("", question).strip()
 
 
 def internvl2_5_conversation(prompt: str, num_images: int, image_token: str, bos_token: str = "") -> str:

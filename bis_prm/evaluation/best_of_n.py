@@ -18,9 +18,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bis_prm.data.images import MAX_IMAGE_PIXELS, ImageProblem, read_image_size, resolve_image
 from bis_prm.io.jsonl import SkippedRows, iter_jsonl
+
+if TYPE_CHECKING:
+    from bis_prm.model.inference import StepScorerBase
 
 __all__ = ["best_of_n", "load_candidates", "rerank"]
 
@@ -155,9 +159,13 @@ def best_of_n(
     max_images: int | None = None,
     max_batch_tokens: int | None = None,
     num_workers: int = 0,
+    scorer: StepScorerBase | None = None,
 ) -> tuple[list[dict], dict]:
     """
     Score every candidate of a candidates file with a PRM and rerank them (see [`rerank`]).
+
+    `scorer` (from [`~bis_prm.model.scorers.load_scorer`], e.g. for another library's PRM) scores instead of a
+    [`~bis_prm.model.inference.StepScorer`] built from `model` and `processor` and the batching arguments.
 
     A question that cannot be read, or one of whose candidates cannot be rendered, is skipped (a reranking over
     fewer candidates would not be Best-of-N) and reported in the summary's `skipped` by reason and line.
@@ -172,7 +180,9 @@ def best_of_n(
     """
     from bis_prm.model.inference import StepScorer
 
-    questions, skipped = load_candidates(candidates_file, step_token=model.config.step_token)
+    if scorer is None:
+        scorer = StepScorer(model, processor, batch_size, max_batch_tokens, max_images, num_workers=num_workers)
+    questions, skipped = load_candidates(candidates_file, step_token=scorer.step_token)
     examples, owner = [], []
     for q, question in enumerate(questions):
         for candidate in question["candidates"]:
@@ -180,7 +190,6 @@ def best_of_n(
                 {**{k: question[k] for k in ("image", "image_sizes", "question")}, "steps": candidate["steps"]}
             )
             owner.append(q)
-    scorer = StepScorer(model, processor, batch_size, max_batch_tokens, max_images, num_workers=num_workers)
     scores, failed = {}, {}
     for row, row_scores, failure in scorer.iter_scores(examples, scorer.plan(examples), progress=True):
         if failure is None:

@@ -79,6 +79,13 @@ class EvalConfig:
         attn_implementation (`str`, *optional*):
             `"flash_attention_2"`, `"sdpa"`, `"eager"`, ...; defaults to `flash_attention_2` when it is installed and
             a GPU is used, else transformers' default.
+        scorer (`str`, *optional*, defaults to `"auto"`):
+            How step scores are read from the model: `bis_prm`, `trl`, `qwen_prm`, `math_shepherd`, `rlhflow`,
+            `visualprm`, or `auto` (from the checkpoint's config; see [`~bis_prm.model.scorers.load_scorer`]).
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Run the checkpoint's own modeling code (Qwen2.5-Math-PRM); refused without it.
+        step_separator (`str`, *optional*):
+            `trl` scorer: the `step_separator` the PRM was trained with (TRL's default `"\\n"` when `None`).
     """
 
     model: str
@@ -98,6 +105,9 @@ class EvalConfig:
     dtype: str = "auto"
     attn_implementation: str | None = None
     benchmark_type: str | None = None
+    scorer: str = "auto"
+    trust_remote_code: bool = False
+    step_separator: str | None = None
 
 
 def adapter_for(config: EvalConfig) -> BenchmarkAdapter:
@@ -133,18 +143,33 @@ def _no_usable_rows(benchmark: Benchmark, when: str, filter_name: str = "sources
     return NoUsableRowsError(f"no row of {benchmark.path} could be {when} ({why})")
 
 
-def _load_model(config: EvalConfig, device):
+def _load_model(config: EvalConfig, device, num_workers: int):
+    """The scorer of `config.model`: the model on `device` and the way its step scores are read."""
     from transformers.utils import is_flash_attn_2_available
 
-    from bis_prm.model.modeling_prm import load_prm
+    from bis_prm.model.scorers import load_scorer
 
-    kwargs = {"dtype": config.dtype, "device_map": {"": device}}
+    model_kwargs = {}
     attn_implementation = config.attn_implementation
     if attn_implementation is None and device.type == "cuda" and is_flash_attn_2_available():
         attn_implementation = "flash_attention_2"
     if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    return load_prm(config.model, head=config.head, **kwargs)
+        model_kwargs["attn_implementation"] = attn_implementation
+    # options of one format only, passed when set so that another scorer is not handed what it cannot take
+    options = {"max_images": config.max_images, "step_separator": config.step_separator}
+    return load_scorer(
+        config.model,
+        config.scorer,
+        trust_remote_code=config.trust_remote_code,
+        device=device,
+        dtype=config.dtype,
+        head=config.head,
+        model_kwargs=model_kwargs,
+        max_batch_size=config.batch_size,
+        max_batch_tokens=config.max_batch_tokens,
+        num_workers=num_workers,
+        **{key: value for key, value in options.items() if value is not None},
+    )
 
 
 def _workers(requested: int | None, num_processes: int) -> int:
@@ -186,7 +211,7 @@ def evaluate_prm(config: EvalConfig) -> dict | None:
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from bis_prm.model.inference import StepScorer, deal_batches, plan_batches
+    from bis_prm.model.inference import deal_batches, plan_batches
 
     state = PartialState()
     adapter = adapter_for(config)
@@ -204,15 +229,7 @@ def evaluate_prm(config: EvalConfig) -> dict | None:
             + (f"; left out by --sources: {benchmark.excluded}" if benchmark.excluded else "")
         )
 
-    model, processor = _load_model(config, state.device)
-    scorer = StepScorer(
-        model,
-        processor,
-        max_batch_size=config.batch_size,
-        max_batch_tokens=config.max_batch_tokens,
-        max_images=config.max_images,
-        num_workers=_workers(config.num_workers, state.num_processes),
-    )
+    scorer = _load_model(config, state.device, _workers(config.num_workers, state.num_processes))
     rows = benchmark.rows
     lengths = scorer.lengths(rows)
     batches = plan_batches(lengths, config.batch_size, config.max_batch_tokens)

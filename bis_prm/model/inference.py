@@ -23,13 +23,16 @@ from bis_prm.model.processing_prm import (
     PRMCollator,
     adds_special_tokens,
     chat_text,
+    collate_skipping,
     render_prompt,
     tiled_size,
 )
 
 __all__ = [
     "AGGREGATIONS",
+    "ScoringStats",
     "StepScorer",
+    "StepScorerBase",
     "aggregate_many",
     "aggregate_scores",
     "deal_batches",
@@ -166,10 +169,10 @@ def deal_batches(batches: Sequence[Sequence[int]], lengths: Sequence[int], num_p
 
 
 class _RenderedBatches(torch.utils.data.Dataset):
-    """Batch `k` rendered by the collator (images decoded, processor run): run in `DataLoader` workers."""
+    """Batch `k` rendered by the scorer (images decoded, processor run): run in `DataLoader` workers."""
 
-    def __init__(self, examples: Sequence[dict[str, Any]], batches: Sequence[Sequence[int]], collator: PRMCollator):
-        self.examples, self.batches, self.collator = examples, batches, collator
+    def __init__(self, examples: Sequence[dict[str, Any]], batches: Sequence[Sequence[int]], scorer: StepScorerBase):
+        self.examples, self.batches, self.scorer = examples, batches, scorer
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -177,7 +180,7 @@ class _RenderedBatches(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict[str, Any]:
         rows = list(self.batches[k])
         examples = [{key: value for key, value in self.examples[row].items() if key != "labels"} for row in rows]
-        batch, kept, failures = self.collator.collate_skipping(examples)
+        batch, kept, failures = self.scorer.collate_skipping(examples)
         return {
             "batch": batch,
             "rows": [rows[position] for position in kept],
@@ -196,8 +199,8 @@ def _unbatched(item):
 
 @dataclass
 class ScoringStats:
-    """What a [`StepScorer`] computed: non-padding and computed (rows x padded width) tokens, batches, and the time
-    the model waited for rendered batches."""
+    """What a scorer computed: non-padding and computed (rows x padded width) tokens, batches, and the time the model
+    waited for rendered batches."""
 
     real_tokens: int = 0
     computed_tokens: int = 0
@@ -209,9 +212,171 @@ class ScoringStats:
         return 1.0 - self.real_tokens / self.computed_tokens if self.computed_tokens else 0.0
 
 
-class StepScorer:
+class StepScorerBase:
     """
-    Score every step of rollouts with a PRM: P(positive) at each step token, in token-budget batches.
+    What every step scorer shares: rows `{"question", "steps", "image"?}` scored in token-budget batches (see
+    [`plan_batches`]), rendered in `DataLoader` workers while the model runs, every row that cannot be scored
+    reported with its reason. A scorer says only how rows become model inputs and how P(correct step) is read from
+    the model's logits, by defining:
+
+    - `lengths(rows) -> list[int]`: the tokens each row takes (cheap: no image decoded; 0 for a row that fails later);
+    - `render(row, position)`: one row's inputs (text, images, token ids, ...), run in the workers; raises an
+      [`~bis_prm.model.processing_prm.ExampleError`] for a row it cannot score;
+    - `collate(rendered, positions) -> dict`: the padded batch of rendered rows, the model's keyword arguments plus
+      `step_mask` (bool `[batch, seq]`, `True` where a step is read, one position per step in order);
+    - `step_probabilities(logits) -> torch.Tensor`: P(correct) at every position (`[batch, seq]`) from the model's
+      logits as they come (cast what you read: a causal LM's full-vocabulary logits are large).
+
+    (Or `collate_skipping(rows)` instead of `render` and `collate`, as [`StepScorer`] does with its collator.)
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]):
+            The scoring model, on its device.
+        processor:
+            Its processor or tokenizer.
+        max_batch_size (`int`, *optional*, defaults to `8`):
+            Most rollouts per forward pass.
+        max_batch_tokens (`int`, *optional*):
+            Most tokens per forward pass, counting padding (rows x the longest row); `None` for no limit.
+        padding_side (`str`, *optional*):
+            `"left"` or `"right"`; defaults to the tokenizer's.
+        num_workers (`int`, *optional*, defaults to `0`):
+            `DataLoader` workers that render batches while the model computes.
+
+    Example:
+
+    ```python
+    >>> scorer = load_scorer("Qwen/Qwen2.5-Math-PRM-7B", trust_remote_code=True)  # doctest: +SKIP
+    >>> for row, scores, failure in scorer.iter_scores(rows, scorer.plan(rows)):  # doctest: +SKIP
+    ...     print(row, scores or failure)
+
+    ```
+    """
+
+    #: Text that no question or step may contain (the token the scores are read at), or `None`.
+    step_token: str | None = None
+    #: Extra keyword arguments of every forward pass (`use_cache=False` for causal LMs).
+    forward_kwargs: dict[str, Any] = {}
+
+    def __init__(
+        self,
+        model,
+        processor,
+        max_batch_size: int = 8,
+        max_batch_tokens: int | None = None,
+        padding_side: str | None = None,
+        num_workers: int = 0,
+    ):
+        self.model, self.processor = model, processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.padding_side = padding_side or self.tokenizer.padding_side
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}.")
+        self.max_batch_size, self.max_batch_tokens = max_batch_size, max_batch_tokens
+        self.num_workers = num_workers
+        self.stats = ScoringStats()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # workers only render batches: a spawned worker (macOS, Windows) gets the scorer without its model
+        return {**self.__dict__, "model": None}
+
+    # ---- what a scorer defines ----
+
+    def lengths(self, examples: Sequence[dict[str, Any]]) -> list[int]:
+        """Total tokens of each rollout, padding excluded."""
+        raise NotImplementedError
+
+    def render(self, example: dict[str, Any], index: int) -> Any:
+        """One rollout's model inputs before batching; raises an `ExampleError` naming the problem."""
+        raise NotImplementedError
+
+    def collate(self, rendered: list, positions: list[int]) -> dict[str, torch.Tensor]:
+        """The batch of rendered rollouts with its `step_mask`."""
+        raise NotImplementedError
+
+    def step_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """P(correct step) at every position, `[batch, seq]`, from the model's logits."""
+        raise NotImplementedError
+
+    # ---- shared ----
+
+    def collate_skipping(
+        self, examples: list[dict[str, Any]]
+    ) -> tuple[dict[str, torch.Tensor] | None, list[int], list[tuple[int, str, str]]]:
+        """The batch of the rollouts that can be scored, their positions, and `(position, reason, message)` for the
+        others (see [`~bis_prm.model.processing_prm.collate_skipping`])."""
+        return collate_skipping(examples, self.render, self.collate)
+
+    def plan(self, examples: Sequence[dict[str, Any]], lengths: Sequence[int] | None = None) -> list[list[int]]:
+        """The batches (lists of row indices) these rollouts are scored in (see [`plan_batches`])."""
+        lengths = self.lengths(examples) if lengths is None else lengths
+        return plan_batches(lengths, self.max_batch_size, self.max_batch_tokens)
+
+    @torch.no_grad()
+    def iter_scores(
+        self, examples: Sequence[dict[str, Any]], batches: Sequence[Sequence[int]], progress: bool = False
+    ) -> Iterator[tuple[int, list[float] | None, tuple[str, str] | None]]:
+        """
+        Yield `(row, step scores, None)` for every scored rollout and `(row, None, (reason, message))` for every
+        rollout that could not be rendered, batch by batch.
+        """
+        loader = torch.utils.data.DataLoader(
+            _RenderedBatches(examples, batches, self),
+            batch_size=None,
+            collate_fn=_unbatched,
+            num_workers=self.num_workers,
+            worker_init_fn=_single_thread_worker if self.num_workers else None,
+        )
+        if progress:
+            from tqdm.auto import tqdm
+
+            loader = tqdm(loader, desc="Scoring steps", unit="batch")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            waited = time.perf_counter()
+            for item in loader:
+                self.stats.seconds_waiting_for_data += time.perf_counter() - waited
+                for row, reason, message in item["failures"]:
+                    yield row, None, (reason, message)
+                if item["batch"] is not None:
+                    for row, scores in zip(item["rows"], self._forward(item["batch"]), strict=True):
+                        yield row, scores, None
+                waited = time.perf_counter()
+        finally:
+            self.model.train(was_training)
+
+    def score_rows(self, examples: Sequence[dict[str, Any]]) -> list[list[float] | ExampleError]:
+        """
+        Score rollouts in this scorer's token-budget batches: per rollout, in input order, its step scores or the
+        [`~bis_prm.model.processing_prm.ExampleError`] that kept it from being scored (one bad rollout never stops
+        the others). The in-process backend of the RL rewards and of `bis-prm serve`.
+        """
+        results: list[list[float] | ExampleError] = [None] * len(examples)  # type: ignore[list-item]
+        for row, scores, failure in self.iter_scores(examples, self.plan(examples)):
+            results[row] = scores if failure is None else ExampleError(failure[0], failure[1])
+        return results
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> list[list[float]]:
+        step_mask = batch.pop("step_mask")
+        model = self.model
+        inputs = {
+            key: value.to(model.device, dtype=model.dtype if value.is_floating_point() else None)
+            for key, value in batch.items()
+        }
+        self.stats.real_tokens += int(inputs["attention_mask"].sum())
+        self.stats.computed_tokens += inputs["input_ids"].numel()
+        self.stats.batches += 1
+        outputs = model(**inputs, **self.forward_kwargs)
+        # remote-code models may return a plain tuple (logits first), as Qwen2.5-Math-PRM's may
+        logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
+        probs = self.step_probabilities(logits).float().cpu()
+        return [probs[row][step_mask[row]].tolist() for row in range(len(probs))]
+
+
+class StepScorer(StepScorerBase):
+    """
+    Score every step of rollouts with a bis_prm PRM: P(positive) at each step token, in token-budget batches.
 
     Args:
         model ([`~transformers.PreTrainedModel`]):
@@ -250,91 +415,36 @@ class StepScorer:
         padding_side: str | None = None,
         num_workers: int = 0,
     ):
-        tokenizer = getattr(processor, "tokenizer", processor)
-        self.model, self.processor = model, processor
+        super().__init__(model, processor, max_batch_size, max_batch_tokens, padding_side, num_workers)
+        self.step_token = model.config.step_token
         self.collator = PRMCollator(
             processor,
-            step_token=model.config.step_token,
-            padding_side=padding_side or tokenizer.padding_side,
+            step_token=self.step_token,
+            padding_side=self.padding_side,
             max_images=max_images,
             # PRMs trained before `prompt_format` existed read the default format
             prompt_format=getattr(model.config, "prompt_format", "bis_prm"),
         )
-        self.max_batch_size, self.max_batch_tokens = max_batch_size, max_batch_tokens
-        self.max_images, self.num_workers = max_images, num_workers
+        self.max_images = max_images
         self.positive_index = positive_index(model.config)
-        self.stats = ScoringStats()
 
     def lengths(self, examples: Sequence[dict[str, Any]]) -> list[int]:
         """Total tokens of each rollout (see [`rollout_token_counts`])."""
-        collator = self.collator
         return rollout_token_counts(
-            self.processor, examples, collator.step_token, self.max_images, collator.prompt_format
+            self.processor, examples, self.step_token, self.max_images, self.collator.prompt_format
         )
 
-    def plan(self, examples: Sequence[dict[str, Any]], lengths: Sequence[int] | None = None) -> list[list[int]]:
-        """The batches (lists of row indices) these rollouts are scored in (see [`plan_batches`])."""
-        lengths = self.lengths(examples) if lengths is None else lengths
-        return plan_batches(lengths, self.max_batch_size, self.max_batch_tokens)
+    def collate_skipping(
+        self, examples: list[dict[str, Any]]
+    ) -> tuple[dict[str, torch.Tensor] | None, list[int], list[tuple[int, str, str]]]:
+        batch, kept, failures = self.collator.collate_skipping(examples)
+        if batch is not None:
+            batch.pop("num_steps")
+            batch["step_mask"] = batch["input_ids"] == self.collator.step_token_id
+        return batch, kept, failures
 
-    @torch.no_grad()
-    def iter_scores(
-        self, examples: Sequence[dict[str, Any]], batches: Sequence[Sequence[int]], progress: bool = False
-    ) -> Iterator[tuple[int, list[float] | None, tuple[str, str] | None]]:
-        """
-        Yield `(row, step scores, None)` for every scored rollout and `(row, None, (reason, message))` for every
-        rollout that could not be rendered, batch by batch.
-        """
-        loader = torch.utils.data.DataLoader(
-            _RenderedBatches(examples, batches, self.collator),
-            batch_size=None,
-            collate_fn=_unbatched,
-            num_workers=self.num_workers,
-            worker_init_fn=_single_thread_worker if self.num_workers else None,
-        )
-        if progress:
-            from tqdm.auto import tqdm
-
-            loader = tqdm(loader, desc="Scoring steps", unit="batch")
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            waited = time.perf_counter()
-            for item in loader:
-                self.stats.seconds_waiting_for_data += time.perf_counter() - waited
-                for row, reason, message in item["failures"]:
-                    yield row, None, (reason, message)
-                if item["batch"] is not None:
-                    for row, scores in zip(item["rows"], self._forward(item["batch"]), strict=True):
-                        yield row, scores, None
-                waited = time.perf_counter()
-        finally:
-            self.model.train(was_training)
-
-    def score_rows(self, examples: Sequence[dict[str, Any]]) -> list[list[float] | ExampleError]:
-        """
-        Score rollouts in this scorer's token-budget batches: per rollout, in input order, its step scores or the
-        [`~bis_prm.model.processing_prm.ExampleError`] that kept it from being scored (one bad rollout never stops
-        the others). The in-process backend of the RL rewards and of `bis-prm serve`.
-        """
-        results: list[list[float] | ExampleError] = [None] * len(examples)  # type: ignore[list-item]
-        for row, scores, failure in self.iter_scores(examples, self.plan(examples)):
-            results[row] = scores if failure is None else ExampleError(failure[0], failure[1])
-        return results
-
-    def _forward(self, batch: dict[str, torch.Tensor]) -> list[list[float]]:
-        batch.pop("num_steps")
-        model = self.model
-        inputs = {
-            key: value.to(model.device, dtype=model.dtype if value.is_floating_point() else None)
-            for key, value in batch.items()
-        }
-        self.stats.real_tokens += int(inputs["attention_mask"].sum())
-        self.stats.computed_tokens += inputs["input_ids"].numel()
-        self.stats.batches += 1
-        probs = model(**inputs).logits.float().softmax(dim=-1)[..., self.positive_index]
-        is_step = inputs["input_ids"] == self.collator.step_token_id
-        return [probs[row][is_step[row]].tolist() for row in range(len(probs))]
+    def step_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().softmax(dim=-1)[..., self.positive_index]
 
 
 def score_steps(

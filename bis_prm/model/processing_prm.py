@@ -28,6 +28,7 @@ __all__ = [
     "apply_image_limits",
     "chat_text",
     "check_processor_format",
+    "collate_skipping",
     "is_text_processor",
     "load_image",
     "render_prompt",
@@ -339,35 +340,11 @@ class PRMCollator:
         ```
         """
         labelled = self._has_labels(examples)
-        kept, rendered, failures = [], [], []
-        for index, example in enumerate(examples):
-            try:
-                rendered.append(self._render_with_targets(example, index, labelled))
-                kept.append(index)
-            except ExampleError as error:
-                failures.append((index, error.reason, error.detail))
-        if not kept:
-            return None, kept, failures
-        try:
-            return self._collate([examples[i] for i in kept], rendered, labelled, kept), kept, failures
-        except Exception:  # the processor's own errors on hostile input come in many types
-            pass
-        # the processor refused the batch: collate one by one to find the examples it refuses
-        good = []
-        for index, item in zip(kept, rendered, strict=True):
-            try:
-                self._collate([examples[index]], [item], labelled, [index])
-                good.append((index, item))
-            except Exception as error:
-                failures.append(
-                    (index, getattr(error, "reason", "processing_failed"), getattr(error, "detail", str(error)))
-                )
-        failures.sort()
-        if not good:
-            return None, [], failures
-        kept = [index for index, _ in good]
-        batch = self._collate([examples[i] for i in kept], [item for _, item in good], labelled, kept)
-        return batch, kept, failures
+        return collate_skipping(
+            examples,
+            lambda example, index: self._render_with_targets(example, index, labelled),
+            lambda rendered, kept: self._collate([examples[i] for i in kept], rendered, labelled, kept),
+        )
 
     def _has_labels(self, examples: list[dict[str, Any]]) -> bool:
         return any(example.get(self.label_field) is not None for example in examples)
@@ -473,6 +450,61 @@ class PRMCollator:
             for key in per_token:
                 out[key][row, target] = batch[key][row, kept]
         return out
+
+
+def collate_skipping(
+    examples: Sequence[Any], render: Callable[[Any, int], Any], collate: Callable[[list, list[int]], Any]
+) -> tuple[Any, list[int], list[tuple[int, str, str]]]:
+    """
+    Collate the examples that can be rendered and leave the others out: `render(example, position)` turns one
+    example into what `collate(rendered, positions)` makes a batch of; either raises an [`ExampleError`] for an
+    example it refuses. When the batch fails as a whole (a processor's own error on hostile input), the examples are
+    collated one by one to find those it refuses.
+
+    Returns:
+        `tuple`: the batch of the kept examples (`None` when none is left), their positions in `examples`, and
+        `(position, reason, message)` for every example left out.
+
+    Example:
+
+    ```python
+    >>> def render(text, position):
+    ...     if not text:
+    ...         raise ExampleError("no_steps", "empty")
+    ...     return text.upper()
+    >>> collate_skipping(["a", "", "b"], render, lambda rendered, positions: "".join(rendered))
+    ('AB', [0, 2], [(1, 'no_steps', 'empty')])
+
+    ```
+    """
+    kept, rendered, failures = [], [], []
+    for index, example in enumerate(examples):
+        try:
+            rendered.append(render(example, index))
+            kept.append(index)
+        except ExampleError as error:
+            failures.append((index, error.reason, error.detail))
+    if not kept:
+        return None, kept, failures
+    try:
+        return collate(rendered, kept), kept, failures
+    except Exception:  # the processor's own errors on hostile input come in many types
+        pass
+    # the batch was refused: collate one by one to find the examples refused
+    good = []
+    for index, item in zip(kept, rendered, strict=True):
+        try:
+            collate([item], [index])
+            good.append((index, item))
+        except Exception as error:
+            failures.append(
+                (index, getattr(error, "reason", "processing_failed"), getattr(error, "detail", str(error)))
+            )
+    failures.sort()
+    if not good:
+        return None, [], failures
+    kept = [index for index, _ in good]
+    return collate([item for _, item in good], kept), kept, failures
 
 
 def apply_image_limits(processor, max_pixels: int | None, max_tiles: int | None) -> None:
