@@ -13,7 +13,10 @@ from bis_prm.training.script import parse_recipe
 from tests.utils import REPO_ROOT
 
 RECIPES = REPO_ROOT / "recipes"
-TRAINING_RECIPES = sorted(path for path in RECIPES.glob("*/*.yaml") if path.parent.name != "accelerate_configs")
+# PRM training recipes; recipes/grpo/ trains a policy (tests/test_rewards.py runs its tiny recipe)
+TRAINING_RECIPES = sorted(
+    path for path in RECIPES.glob("*/*.yaml") if path.parent.name not in ("accelerate_configs", "grpo")
+)
 PAPER_RECIPES = [path for path in TRAINING_RECIPES if path.parent.name != "tiny"]
 
 
@@ -37,6 +40,26 @@ def test_paper_recipes_state_the_paper_settings(recipe):
         assert config["prompt_format"] == "bis_reference"
         assert (config["max_tiles"], config["max_length"], config["head"]) == (6, 8192, "yes_no")
         assert config["model_name_or_path"] == "InternVL2_5-8B-hf"  # the output of bis-prm convert-internvl
+
+
+@pytest.mark.parametrize("recipe", sorted((RECIPES / "grpo").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_grpo_recipe_parses_into_its_scripts_arguments(recipe, tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    from trl import GRPOConfig, ModelConfig, TrlParser
+
+    spec = importlib.util.spec_from_file_location("grpo_recipe", RECIPES / "grpo" / "grpo.py")
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "grpo_recipe", script)  # dataclasses look their module up there
+    spec.loader.exec_module(script)
+    parser = TrlParser((script.GRPOScriptArguments, GRPOConfig, ModelConfig))
+    script_args, args, model_args = parser.parse_args_and_config(
+        ["--config", str(recipe), "--bf16", "false", "--output_dir", str(tmp_path)]
+    )
+    assert model_args.model_name_or_path and script_args.dataset_name
+    assert (script_args.prm_model is None) != (script_args.prm_url is None)  # a PRM in-process or a server
+    assert args.num_generations >= 2 and script_args.prm_aggregation in ("min", "mean", "last", "prod")
 
 
 def _stub(folder: Path, name: str, body: str) -> None:
