@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-__version__ = "0.2.0.dev0"
+__version__ = "0.3.0.dev0"
 
 # public name -> module defining it
 _EXPORTS = {

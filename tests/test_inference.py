@@ -43,7 +43,7 @@ def test_score_steps_matches_logits_and_restores_mode(prm):
 
 
 def test_a_checkpoint_saved_with_the_class_order_of_0_2_scores_as_before(prm, tmp_path):
-    # 0.2.0.dev0 saved row 0 = positive ({"positive": 0, "negative": 1}); 0.2 saves [negative, positive]
+    # 0.2.0.dev0 saved row 0 = positive ({"positive": 0, "negative": 1}); 0.3 saves [negative, positive]
     model, processor = prm
     assert model.config.id2label == {0: "negative", 1: "positive"}
     old = tmp_path / "old"

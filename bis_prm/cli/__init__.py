@@ -29,7 +29,7 @@ COMMANDS = {
         "Score MC-annotated rollouts (VisualPRM400K or any stepwise corpus) and write a BIS subset.",
     ),
     "train": ("bis_prm.cli.train", "Train a PRM with a recipe (the code of recipes/train.py)."),
-    "eval": ("bis_prm.cli.eval", "Evaluate a PRM on VisualProcessBench (or a benchmark in its layout)."),
+    "eval": ("bis_prm.cli.eval", "Evaluate a PRM (ours or others') on VisualProcessBench, ProcessBench or PRMBench."),
     "bon": ("bis_prm.cli.bon", "Best-of-N: rerank candidate solutions by aggregated step scores."),
     "make-sample": ("bis_prm.cli.make_sample", "Write the embedded sample corpus and benchmark to a directory."),
     "make-tiny-vlm": (

@@ -84,8 +84,8 @@ _HUB_KWARGS = (
 def positive_index(config) -> int:
     """
     The class index of "correct step" in a PRM's logits, read from its config's `id2label`: 1 for PRMs saved by
-    bis_prm since 0.2 and for the ecosystem's PRMs (`[negative, positive]`), 0 for PRMs saved by 0.2.0.dev0 (their
-    config says `{0: "positive", 1: "negative"}`). A config that names no `positive` label (TRL's `LABEL_0` /
+    bis_prm since 0.3.0.dev0 and for the ecosystem's PRMs (`[negative, positive]`), 0 for PRMs saved by 0.2.0.dev0
+    (their config says `{0: "positive", 1: "negative"}`). A config that names no `positive` label (TRL's `LABEL_0` /
     `LABEL_1`) is read in the ecosystem's order.
 
     Example:
