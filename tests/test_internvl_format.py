@@ -286,7 +286,13 @@ def test_hostile_lines_are_skipped_with_their_reason_and_line(tmp_path, variant,
     assert rows[2]["image"] == ["img/a.png", "img/b.png"] and rows[2]["labels"] == [1.0, 0.0]
     assert rows[3]["question"] == "<image>\nQ “2”?" and rows[3]["steps"] == ["é 中文", "b"]
     assert rows[3]["labels"] == [0.9375, 1 / 3]
-    assert rows[4] == {"line": len(HOSTILE_LINES), "image": [], "question": "Q?", "steps": ["a", "b"], "labels": [1.0, 0.0]}
+    assert rows[4] == {
+        "line": len(HOSTILE_LINES),
+        "image": [],
+        "question": "Q?",
+        "steps": ["a", "b"],
+        "labels": [1.0, 0.0],
+    }
     with caplog.at_level(logging.WARNING, logger="bis_prm.data.internvl"):
         ds = read_internvl_jsonl(path)
     assert len(ds) == 5 and ds["line"] == [row["line"] for row in rows] and ds["image"][4] == []
