@@ -6,10 +6,11 @@ One line per rollout, as the paper's `build_bis_subset.py` writes it (here on th
      {"from": "human", "value": "Question: ...\\nProcess: step 1<prm>\\n\\nstep 2<prm>"},
      {"from": "gpt", "value": [1.0, 0.0]}]}
 
-`image` is as in the raw annotation file (a string or a list of strings, relative to the corpus root), the human value
-is the PRM prompt of [`~bis_prm.data.prompt.prompt_column`] and the gpt value holds one target per step: the hard
-labels (`1.0` when the step's MC score is > tau) or, with `label_mode="soft"`, the MC scores themselves (the
-reference's `converted_soft`), written as `json.dumps` writes floats.
+`image` is as in the raw annotation file (a string or a list of strings, relative to the corpus root; `[]` for a
+text-only rollout, which InternVL's fine-tuning reads as a pure-text sample), the human value is the PRM prompt of
+[`~bis_prm.data.prompt.prompt_column`] and the gpt value holds one target per step: the hard labels (`1.0` when the
+step's MC score is > tau) or, with `label_mode="soft"`, the MC scores themselves (the reference's `converted_soft`),
+written as `json.dumps` writes floats.
 
 [`read_internvl_jsonl`] turns such a file into the HF PRM format the trainer reads (`image`, `image_root`,
 `question`, `steps`, `labels`). No line can stop it: a line that is not a usable rollout is skipped and recorded with

@@ -685,8 +685,9 @@ def load_visualprm400k(
 
     Returns:
         `datasets.Dataset` with the columns of `ROLLOUT_SCHEMA`: `source`, `line`, `file_lines`, `image` (list of
-        paths relative to the corpus root), `image_is_list` (whether the file stored a list), `question`,
-        `question_orig`, `answer`, `steps`, `mc_scores` (NaN where a score was unusable) and `invalid_reason`.
+        paths relative to the corpus root, empty for a text-only rollout), `image_is_list` (whether the file stored a
+        list), `question`, `question_orig`, `answer`, `steps`, `mc_scores` (NaN where a score was unusable) and
+        `invalid_reason`.
 
     Example:
 
