@@ -176,3 +176,24 @@ def test_a_text_prm_trains_on_a_selected_text_only_subset(corpus, tmp_path, tmp_
     trainer.train()
     assert trainer.state.global_step == 2
     assert not trainer.skipped_rollouts["train"]
+
+
+def test_pushing_with_embedded_images_takes_text_rows(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+    from PIL import Image
+
+    from bis_prm.data.dataset_card import push_subset_to_hub
+    from tests.test_hub import REPORT
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    seen = {}
+    monkeypatch.setattr(datasets.Dataset, "push_to_hub", lambda self, repo_id, **kw: seen.update(ds=self, **kw))
+    monkeypatch.setattr(HfApi, "upload_file", lambda self, **kw: "url")
+    features = datasets.Features(
+        {"image": datasets.List(datasets.Value("string")), "image_root": datasets.Value("string")}
+    )
+    for images in ([[], ["a.png"]], [[], []]):
+        prm = datasets.Dataset.from_dict({"image": images, "image_root": [str(tmp_path)] * 2}, features=features)
+        push_subset_to_hub(prm, "me/x", REPORT, embed_images=True)
+        assert isinstance(seen["ds"].features["image"].feature, datasets.Image)
+        assert [[image.size for image in row] for row in seen["ds"]["image"]] == [[], [(4, 4)] * len(images[1])]
