@@ -122,9 +122,7 @@ def test_selection_keeps_text_rows_and_reports_them(corpus, tmp_path):
     assert {reason: [row["line"] for row in rows] for reason, rows in report["dropped_rows"].items()} == DROPPED[
         "mixed"
     ]
-    assert {file for rows in report["dropped_rows"].values() for file in rows for file in [file["file"]]} == {
-        "mixed.jsonl"
-    }
+    assert {row["file"] for rows in report["dropped_rows"].values() for row in rows} == {"mixed.jsonl"}
 
 
 @pytest.fixture(scope="module")
