@@ -22,6 +22,7 @@ from bis_prm.annotation.pipeline import step_prefixes
 from bis_prm.annotation.questions import read_questions
 from bis_prm.annotation.store import ConfigMismatchError
 from bis_prm.annotation.verify import AnswerChecker
+from bis_prm.cli import main as select_main
 from bis_prm.data.steps import split_steps
 from bis_prm.data.visualprm400k import load_visualprm400k
 
@@ -162,6 +163,15 @@ def test_text_only_rows_are_selected_as_stepwise(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert [row["mc_scores"] for row in read_rows(out)] == [[0.0, 0.0, 0.0]] * 2  # as above
+    # text-only rows are VisualPRM400K-Raw rows too: the default layout selects the same rollouts, asked with the
+    # bare question (`question_orig`, as for image rows) instead of the policy prompt
+    raw = tmp_path / "subset_raw.jsonl"
+    select = ["select", "--annotations-dir", str(result.annotations_dir), "--ratio", "0.5", "--output", str(raw)]
+    assert select_main(select) == 0
+    fields = ("image", "steps", "labels", "mc_scores", "source")
+    kept = read_rows(raw)
+    assert [{k: row[k] for k in fields} for row in kept] == [{k: row[k] for k in fields} for row in read_rows(out)]
+    assert [row["question"] for row in kept] == ["What is (2 + 3) * 2?"] * 2
 
 
 def test_bad_rows_are_skipped_with_reason_and_line(tmp_path):

@@ -59,12 +59,15 @@ def test_dirty_corpus(tmp_path, capsys):
         assert counts["kept"] + sum(counts["dropped"].values()) == counts["read"]
     # every valid rollout survives, in file order
     labels = [json.loads(line)["conversations"][1]["value"] for line in out.read_text(encoding="utf-8").splitlines()]
-    assert labels == [[1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 1.0, 0.0]] * 2 + [[1.0, 0.0], [1.0]]
+    assert labels == [[1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 1.0, 0.0]] * 2 + [[1.0, 0.0], [1.0]]
+    # the text-only rollout (`"image": []`) is written as it is, without image
+    images = [json.loads(line)["image"] for line in out.read_text(encoding="utf-8").splitlines()]
+    assert images[1] == images[6] == []
     assert (tmp_path / "stats.png").stat().st_size > 0
     table = capsys.readouterr().out
     assert "dirty_0" in table and "missing_score=4" in table
 
-    # invalid rollouts are excluded before ranking: with ratio 0.25, 1 of 4 valid per dirty source is kept
+    # invalid rollouts are excluded before ranking: with ratio 0.25, 1 of 5 valid per dirty source is kept
     assert select("--annotations-dir", annotations, "--ratio", 0.25, "--format", "internvl", "--output", out,
                   "--report", report_path) == 0  # fmt: skip
     assert json.loads(report_path.read_text())["total"]["kept"] == 3

@@ -236,7 +236,6 @@ HOSTILE_LINES = [
     (_line({k: v for k, v in _record().items() if k != "image"}), "missing_image"),
     (_line(_record(image=None)), "missing_image"),
     (_line(_record(image="")), "missing_image"),
-    (_line(_record(image=[])), "missing_image"),
     (_line(_record(image=["img/a.png", 3])), "missing_image"),
     (_line(_record(image=["img/a.png", ""])), "missing_image"),
     (_line(_record(image=7)), "missing_image"),
@@ -259,6 +258,8 @@ HOSTILE_LINES = [
     (_line(_record(gpt=())), "length_mismatch"),
     (_line(_record(image=["img/a.png", "img/b.png"], gpt=(1, 0))), ""),
     (_line(_record(human="Question: <image>\nQ “2”?\nProcess: é 中文<prm>\n\nb<prm>", gpt=(0.9375, 1 / 3))), ""),
+    # a text-only rollout, as the writer writes one: no image, unlike an absent or null `image`
+    (_line(_record(image=[])), ""),
 ]
 
 
@@ -285,10 +286,17 @@ def test_hostile_lines_are_skipped_with_their_reason_and_line(tmp_path, variant,
     assert rows[2]["image"] == ["img/a.png", "img/b.png"] and rows[2]["labels"] == [1.0, 0.0]
     assert rows[3]["question"] == "<image>\nQ “2”?" and rows[3]["steps"] == ["é 中文", "b"]
     assert rows[3]["labels"] == [0.9375, 1 / 3]
+    assert rows[4] == {
+        "line": len(HOSTILE_LINES),
+        "image": [],
+        "question": "Q?",
+        "steps": ["a", "b"],
+        "labels": [1.0, 0.0],
+    }
     with caplog.at_level(logging.WARNING, logger="bis_prm.data.internvl"):
         ds = read_internvl_jsonl(path)
-    assert len(ds) == 4 and ds["line"] == [row["line"] for row in rows]
-    assert f"Skipped {skipped.total()} of {skipped.total() + 4} lines of {path}" in caplog.text
+    assert len(ds) == 5 and ds["line"] == [row["line"] for row in rows] and ds["image"][4] == []
+    assert f"Skipped {skipped.total()} of {skipped.total() + 5} lines of {path}" in caplog.text
     mismatched = ", ".join(map(str, _expected_skips()["length_mismatch"]))
     assert f"length_mismatch: 3 (lines {mismatched}; e.g. 3 targets for 2 steps)" in caplog.text
     # the BOM and CRLF versions read exactly like the clean one

@@ -35,8 +35,16 @@ def test_every_bad_input_kind_gets_its_reason(tmp_path):
     assert list(zip(lines, reasons, strict=True)) == expected
     assert set(table.column("file_lines").to_pylist()) == {len(DIRTY_LINES) + 1}
     valid = table.filter(pa.compute.equal(table.column("invalid_reason"), ""))
-    assert valid.column("mc_scores").to_pylist() == [[0.5, 0.0], [0.0, 0.0], [1.0, 0.0], [0.875, 0.125, 0.0]]
-    assert valid.column("image_is_list").to_pylist() == [False, True, False, False]
+    # the second valid rollout is text-only (`"image": []`)
+    assert valid.column("mc_scores").to_pylist() == [
+        [0.5, 0.0],
+        [1.0, 0.0],
+        [0.0, 0.0],
+        [1.0, 0.0],
+        [0.875, 0.125, 0.0],
+    ]
+    assert valid.column("image_is_list").to_pylist() == [False, True, True, False, False]
+    assert valid.column("image").to_pylist()[1] == []
 
 
 def test_one_broken_line_only_costs_its_chunk(tmp_path, monkeypatch):

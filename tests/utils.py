@@ -195,7 +195,7 @@ DIRTY_LINES = [
     (_rollout(scores=(0.5, 0.5), steps=["ok", "  \n "]), "blank_step"),
     (_rollout(image=""), "missing_image"),
     (_rollout(image=None), "missing_image"),
-    (_rollout(image=[]), "missing_image"),
+    (_rollout(image=[]), ""),  # a text-only rollout
     (_rollout(scores=()), "no_steps"),
     (_rollout(image=["img/c.png", "img/d.png"], scores=(0.0, 0.0)), ""),
     (_rollout(scores=(1, 0)), ""),

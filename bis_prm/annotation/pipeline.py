@@ -109,8 +109,8 @@ def _row(sample: AnnotatedSample, config: AnnotateConfig, image_paths: list[str]
         "sample_id": sample.sample_id,
     }
     if not image_paths:
-        # VisualPRM400K rows always have an image (its loader marks `image: []` missing_image): text-only rows also
-        # carry the stepwise columns, read by `bis-prm select --layout stepwise`
+        # the VisualPRM400K loader reads `image: []` as text-only; the stepwise columns also let `bis-prm select
+        # --layout stepwise` (and the text sample's recipes) read text-only rows
         row["steps"] = list(sample.steps)
         row["mc_scores"] = [score for score, _, _ in scores]
     return row

@@ -1,10 +1,11 @@
 """Output formats of a selected subset: the HF PRM format our trainer reads, and the InternVL conversation JSONL
 (written by [`~bis_prm.data.internvl`]).
 
-The HF PRM format has the columns `image` (list of paths relative to `image_root`), `image_root`, `question`, `steps`
-(list of str), `labels` (list of float), `mc_scores`, `p_pos`, `reliability`, `bis`, `is_mixed` and `source`. A subset
-written to a file records `image_root` relative to the file's folder (to the directory for `save_to_disk`), so the
-subset and its corpus can move together to another machine: training resolves the images wherever they are.
+The HF PRM format has the columns `image` (list of paths relative to `image_root`, `[]` for a text-only rollout),
+`image_root`, `question`, `steps` (list of str), `labels` (list of float), `mc_scores`, `p_pos`, `reliability`, `bis`,
+`is_mixed` and `source`. A subset written to a file records `image_root` relative to the file's folder (to the
+directory for `save_to_disk`), so the subset and its corpus can move together to another machine: training resolves
+the images wherever they are.
 
 The InternVL format is the one the paper's `build_bis_subset.py` writes, byte for byte (see
 [`~bis_prm.data.internvl`]), with the hard labels or, with `label_mode="soft"`, the MC scores as the gpt value.

@@ -6,10 +6,11 @@ One line per rollout, as the paper's `build_bis_subset.py` writes it (here on th
      {"from": "human", "value": "Question: ...\\nProcess: step 1<prm>\\n\\nstep 2<prm>"},
      {"from": "gpt", "value": [1.0, 0.0]}]}
 
-`image` is as in the raw annotation file (a string or a list of strings, relative to the corpus root), the human value
-is the PRM prompt of [`~bis_prm.data.prompt.prompt_column`] and the gpt value holds one target per step: the hard
-labels (`1.0` when the step's MC score is > tau) or, with `label_mode="soft"`, the MC scores themselves (the
-reference's `converted_soft`), written as `json.dumps` writes floats.
+`image` is as in the raw annotation file (a string or a list of strings, relative to the corpus root; `[]` for a
+text-only rollout, which InternVL's fine-tuning reads as a pure-text sample), the human value is the PRM prompt of
+[`~bis_prm.data.prompt.prompt_column`] and the gpt value holds one target per step: the hard labels (`1.0` when the
+step's MC score is > tau) or, with `label_mode="soft"`, the MC scores themselves (the reference's `converted_soft`),
+written as `json.dumps` writes floats.
 
 [`read_internvl_jsonl`] turns such a file into the HF PRM format the trainer reads (`image`, `image_root`,
 `question`, `steps`, `labels`). No line can stop it: a line that is not a usable rollout is skipped and recorded with
@@ -20,7 +21,8 @@ its 1-based line and one of `SKIP_REASONS`:
 - `wrong_type`: not a JSON object, or `conversations` is not a human turn followed by a gpt turn whose values are a
   string and a list.
 - `invalid_text`: a text holds a lone surrogate escape (`\\ud83d`), which no UTF-8 column can store.
-- `missing_image`: `image` is missing, null, empty, or a list with an empty or non-string entry.
+- `missing_image`: `image` is missing, null, `""`, or a list with an empty or non-string entry. An empty list `[]` is
+  a text-only rollout (what the writer writes for one), as in the VisualPRM400K loader.
 - `bad_prompt`: the human value is not `Question: <question>\\nProcess: <steps>`, or text follows the last `<prm>`.
 - `no_steps`: the process has no `<prm>`; `blank_step`: a step is empty.
 - `bad_label`: a target is not a number in [0, 1] (`true`, `"1"`, `NaN`, `1.5`, ...).
@@ -247,8 +249,8 @@ def _fields(record: Any) -> tuple[dict | None, tuple[str, str] | None]:
         return None, ("wrong_type", "the human value must be a string and the gpt value a list of numbers")
     image = record.get("image")
     images = [image] if isinstance(image, str) else image
-    if not (isinstance(images, list) and images and all(isinstance(path, str) and path for path in images)):
-        return None, ("missing_image", f"`image` must be a path or a non-empty list of paths, got {image!r:.80}")
+    if not (isinstance(images, list) and all(isinstance(path, str) and path for path in images)):
+        return None, ("missing_image", f"`image` must be a path or a list of paths ([] for none), got {image!r:.80}")
     if not all(encodes_as_utf8(text) for text in (prompt, *images)):
         return None, ("invalid_text", "a text holds a lone surrogate escape")
     try:

@@ -9,7 +9,8 @@ so bad input never stops the load. Every row gets an `invalid_reason` (empty whe
 - `invalid_utf8`: the line holds bytes that are not UTF-8.
 - `invalid_text`: a text field holds a lone surrogate escape (`\\ud83d`) or a control character other than tab and
   line breaks.
-- `missing_image`: `image` is missing, null, empty, or a list with an empty/non-string entry.
+- `missing_image`: `image` is missing, null, `""`, or a list with an empty/non-string entry. An empty list `[]` is a
+  text-only rollout (as `bis-prm annotate` writes them), valid and without images.
 - `image_outside_root`: an image path leaves the corpus root (absolute, `..`, or a symbolic link pointing out), so
   nothing outside the corpus is ever read, embedded or uploaded.
 - `no_steps`: `steps_with_score` is missing or empty.
@@ -124,10 +125,11 @@ def _arrow_to_columns(raw: pa.Table, image_is_list: bool) -> dict[str, pa.Chunke
 def _batch_to_columns(raw: pa.RecordBatch, image_is_list: bool) -> dict[str, pa.Array]:
     n = raw.num_rows
     image = raw.column("image")
+    # an absent or null image is missing; a list one may be empty (a text-only rollout)
+    present = pc.is_valid(image).to_numpy(zero_copy_only=False)
     if image_is_list:
         images = pc.fill_null(image, pa.scalar([], pa.list_(pa.string())))
     else:
-        present = pc.is_valid(image).to_numpy(zero_copy_only=False)
         images = list_array(present.astype(np.int64), pc.drop_null(image))
     lengths, flat_steps = list_parts(raw.column("steps_with_score"))
     scores = pc.fill_null(flat_steps.field("score"), math.nan)
@@ -138,6 +140,7 @@ def _batch_to_columns(raw: pa.RecordBatch, image_is_list: bool) -> dict[str, pa.
         "steps": list_array(lengths, flat_steps.field("step")),
         "mc_scores": list_array(lengths, scores),
         "_parse_problem": pa.array(np.full(n, "", dtype=object), pa.string()),
+        "_missing_image": pa.array(~present),
     }
 
 
@@ -167,14 +170,15 @@ def _record_from_arrow(raw_line: bytes) -> dict | None:
     if columns is None or len(columns["steps"]) != 1:
         return None
     row = {name: column[0].as_py() for name, column in columns.items()}
-    image = row["image"] if row["image_is_list"] else (row["image"] or [None])[0]
+    image = None if row["_missing_image"] else row["image"] if row["image_is_list"] else row["image"][0]
     steps = [{"step": step, "score": score} for step, score in zip(row["steps"], row["mc_scores"], strict=True)]
     return {"image": image, **{name: row[name] for name in _TEXT_FIELDS}, "steps_with_score": steps}
 
 
 def _python_to_columns(lines: list[bytes]) -> dict[str, pa.Array]:
     """Robust line-by-line parse: a line that is not a JSON object of usable text is recorded as a parse problem."""
-    out = {name: [] for name in ("image", "image_is_list", *_TEXT_FIELDS, "steps", "mc_scores", "_parse_problem")}
+    names = ("image", "image_is_list", *_TEXT_FIELDS, "steps", "mc_scores", "_parse_problem", "_missing_image")
+    out = {name: [] for name in names}
     for raw_line in lines:
         problem = ""
         try:
@@ -191,10 +195,8 @@ def _python_to_columns(lines: list[bytes]) -> dict[str, pa.Array]:
         record = record if not problem else {}
         image = record.get("image")
         is_list = isinstance(image, list)
-        if isinstance(image, str):
-            image = [image]
-        elif not (is_list and all(isinstance(path, str) for path in image)):
-            image = []
+        missing_image = not (isinstance(image, str) or is_list and all(isinstance(path, str) for path in image))
+        image = [image] if isinstance(image, str) else [] if missing_image else image
         steps = record.get("steps_with_score")
         steps = [step if isinstance(step, dict) else {} for step in steps] if isinstance(steps, list) else []
         texts = {name: _clean_text(record.get(name)) for name in _TEXT_FIELDS}
@@ -214,8 +216,9 @@ def _python_to_columns(lines: list[bytes]) -> dict[str, pa.Array]:
         )
         out["mc_scores"].append([_as_score(step.get("score")) for step in steps])
         out["_parse_problem"].append(problem)
+        out["_missing_image"].append(missing_image)
     types = {"image": pa.list_(pa.string()), "steps": pa.list_(pa.string()), "mc_scores": pa.list_(pa.float64())}
-    types.update({"image_is_list": pa.bool_()})
+    types.update({"image_is_list": pa.bool_(), "_missing_image": pa.bool_()})
     return {name: pa.array(values, type=types.get(name, pa.string())) for name, values in out.items()}
 
 
@@ -331,7 +334,8 @@ def _invalid_reasons(columns: dict[str, pa.Array], image_root: str | os.PathLike
     parse_problem = pc.fill_null(columns["_parse_problem"], "")
     checks = [
         *(pc.equal(parse_problem, reason).to_numpy(zero_copy_only=False) for reason in _PARSE_PROBLEMS),
-        (image_lengths == 0) | (per_row_sum(image_lengths, empty_image) > 0),
+        # an empty list is a text-only rollout; an absent or null image, or an empty path, is missing
+        columns["_missing_image"].to_numpy(zero_copy_only=False) | (per_row_sum(image_lengths, empty_image) > 0),
         per_row_sum(image_lengths, outside & ~empty_image) > 0,
         step_lengths == 0,
         per_row_sum(step_lengths, blank) > 0,
@@ -681,8 +685,9 @@ def load_visualprm400k(
 
     Returns:
         `datasets.Dataset` with the columns of `ROLLOUT_SCHEMA`: `source`, `line`, `file_lines`, `image` (list of
-        paths relative to the corpus root), `image_is_list` (whether the file stored a list), `question`,
-        `question_orig`, `answer`, `steps`, `mc_scores` (NaN where a score was unusable) and `invalid_reason`.
+        paths relative to the corpus root, empty for a text-only rollout), `image_is_list` (whether the file stored a
+        list), `question`, `question_orig`, `answer`, `steps`, `mc_scores` (NaN where a score was unusable) and
+        `invalid_reason`.
 
     Example:
 
