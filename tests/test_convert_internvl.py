@@ -289,6 +289,31 @@ def test_load_prm_on_the_converted_model(internlm2_checkpoint):
     torch.testing.assert_close(torch.tensor(batched[0]), torch.tensor(scores), atol=1e-5, rtol=0)
 
 
+@torch.no_grad()
+def test_the_visualprm_scorer_scores_a_converted_checkpoint(tmp_path):
+    # VisualPRM-8B is an InternVL2.5-8B: once converted, the "+"/"-" scorer reads it in one pass as VisualPRM itself
+    # does turn by turn. Its InternLM2.5 has 32k positions: its dynamic NTK rotary does not act on a conversation
+    # (the other tests' 12-position checkpoint would rescale the rotary by the length of the whole input).
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from bis_prm.model.scorers import VisualPRMScorer, load_scorer
+    from tests.oracles.reference_visualprm import visualprm_turn_by_turn
+
+    make_remote_internvl(tmp_path / "remote", llm="internlm2", max_position_embeddings=32768)
+    out = convert_internvl(tmp_path / "remote", tmp_path / "VisualPRM-8B-hf")
+    scorer = load_scorer(out, scorer="visualprm")
+    assert type(scorer) is VisualPRMScorer
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    rows = [
+        {"image": Image.new("RGB", (56, 28), "blue"), "question": "How many?", "steps": ["I count 3.", "So 3."]},
+        {"image": None, "question": "What is 3 + 4?", "steps": ["3 + 4 = 7."]},
+    ]
+    for row, scores in zip(rows, scorer.score_rows(rows), strict=True):
+        assert scores == pytest.approx(visualprm_turn_by_turn(model, processor, row), abs=1e-5)
+
+
 def test_sharded_output_is_streamed(internlm2_checkpoint):
     _, _, weights, out = internlm2_checkpoint
     index = json.loads((out / "model.safetensors.index.json").read_text())

@@ -22,7 +22,6 @@ from bis_prm.data.prompt import ExampleError
 from bis_prm.model.inference import StepScorerBase
 from bis_prm.model.scorers import (
     QWEN_PRM_SYSTEM_PROMPT,
-    VISUALPRM_SYSTEM_PROMPT,
     QwenPRMScorer,
     RLHFlowScorer,
     StepTagScorer,
@@ -32,6 +31,7 @@ from bis_prm.model.scorers import (
     resolve_scorer,
 )
 from bis_prm.testing import make_tiny_lm, make_tiny_vlm, write_visualprocessbench
+from tests.oracles.reference_visualprm import visualprm_turn_by_turn
 from tests.utils import image
 
 ROWS = [
@@ -211,22 +211,9 @@ def test_visualprm_scores_equal_its_turn_by_turn_reading(checkpoints, scorers):
         {"image": [image("blue", (56, 28)), image("green")], "question": "Which is blue?", "steps": ["The left."]},
         {"image": None, "question": "What is 3 + 4?", "steps": ["3 + 4 = 7.", "The answer is 7.", "Done."]},
     ]
-    plus, minus = processor.tokenizer.convert_tokens_to_ids(["+", "-"])
     for row, scores in zip(rows, scorer.score_rows(rows), strict=True):
-        # VisualPRM's generate_steps_with_soft_score: per step, the conversation so far and an open assistant turn,
-        # P(+) of the softmax over [+, -] at the last position; the images where its "<image>\n" goes
-        images = [] if row["image"] is None else row["image"] if isinstance(row["image"], list) else [row["image"]]
-        question = row["question"].removeprefix("<image>\n")
-        history, expected = f"<|im_start|>system\n{VISUALPRM_SYSTEM_PROMPT}<|im_end|>\n", []
-        for k, step in enumerate(row["steps"]):
-            if k == 0:  # "<IMG_CONTEXT>\n" is the tiny (and the real) InternVL template's image placeholder
-                images_text = "<IMG_CONTEXT>\n" * len(images)
-                step = f"### Question:\n{images_text}{question}\n\n### Solution Process:\n{step}"
-            query = history + f"<|im_start|>user\n{step}<|im_end|>\n<|im_start|>assistant\n"
-            inputs = processor(text=[query], images=images or None, return_tensors="pt")
-            logits = model(**inputs).logits[:, -1, [plus, minus]]
-            expected.append(logits.softmax(dim=-1)[0, 0].item())
-            history = query + "+<|im_end|>\n"
+        # VisualPRM's generate_steps_with_soft_score, one step at a time; the images where its "<image>\n" goes
+        expected = visualprm_turn_by_turn(model, processor, row)
         assert scores == pytest.approx(expected, abs=1e-5)
 
 
