@@ -21,6 +21,7 @@ from .test_vllm import STARTUP_TIMEOUT_S, VLLM_PYTHON, _free_port, _stop, _vllm_
 ROWS = [
     {"question": "What is 3 + 4?", "answer": "7"},
     {"question": "What is 3 + 4?", "answer": "7", "steps": ["3 + 4 = 7.", "The answer is 7."]},
+    {"question": "What is 2 * 5?", "answer": "10", "steps": ["2 * 5 = 12.", "So 12.", "The answer is 12."]},
 ]
 
 
@@ -84,7 +85,12 @@ def server(policy, tmp_path_factory):
 
 def _server_counts(url: str) -> dict[str, float]:
     """The server's own token and request counters (Prometheus `/metrics`)."""
-    names = ("vllm:generation_tokens_total", "vllm:prompt_tokens_total", "vllm:request_success_total")
+    names = (
+        "vllm:generation_tokens_total",
+        "vllm:prompt_tokens_total",
+        "vllm:request_success_total",
+        "vllm:prefix_cache_hits_total",
+    )
     counts = dict.fromkeys(names, 0.0)
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
         name = line.split("{")[0].split(" ")[0]
@@ -104,6 +110,8 @@ def _config(tmp_path, questions, policy, url, out) -> AnnotateConfig:
         num_mc=2,
         max_new_tokens=24,
         temperature=1.0,
+        # longer than one KV block (vLLM's prefix cache reuses whole blocks, 128 tokens on CPU)
+        instruction="Answer step by step, one step a paragraph. " * 8,
         progress=False,
     )
 
@@ -116,12 +124,14 @@ def test_annotate_over_a_vllm_server(tmp_path, policy, server):
     after = _server_counts(server)
 
     corpus = [json.loads(line) for line in (result.annotations_dir / "q.jsonl").read_text().splitlines()]
-    assert [row["rollout_index"] for row in corpus] == [0, 1, 0]
+    assert [row["rollout_index"] for row in corpus] == [0, 1, 0, 0]
     assert corpus[2]["response"] == "3 + 4 = 7.\n\nThe answer is 7."
+    assert [len(row["steps_with_score"]) for row in corpus[2:]] == [2, 3]
     assert all(row["policy_model"] == str(policy) and row["num_mc_sequences"] == 2 for row in corpus)
     dataset = load_visualprm400k(result.output_dir)
-    assert dataset["invalid_reason"] == [""] * 3
-    assert dataset["mc_scores"] == [[step["score"] for step in row["steps_with_score"]] for row in corpus]
+    # the given solutions are valid rows (a random policy's own rollouts are noise the loader may flag)
+    assert dataset["invalid_reason"][2:] == [""] * 2 and len(dataset) == 4
+    assert dataset["mc_scores"][2:] == [[step["score"] for step in row["steps_with_score"]] for row in corpus[2:]]
 
     # the counted cost is the server's: each generated and prompt token, and one request per continuation
     cost = result.cost
@@ -131,6 +141,8 @@ def test_annotate_over_a_vllm_server(tmp_path, policy, server):
     sent = after["vllm:request_success_total"] - before["vllm:request_success_total"]
     assert 0 < sent <= cost["rollouts"] + cost["continuations"]  # a prefix that fills the budget sends nothing
     # the K continuations of a prefix and the prefixes of one response share the prompt: the prefix cache hits
+    hits = after["vllm:prefix_cache_hits_total"] - before["vllm:prefix_cache_hits_total"]
+    assert cost["cached_prompt_tokens"] == hits
     assert 0 < cost["cached_prompt_tokens"] < cost["prompt_tokens"]
 
     # seeded requests: the same configuration in another directory writes the same bytes (on a warm cache)
