@@ -7,7 +7,8 @@ order, one [`Generation`] each: the continuations' texts and what they cost in t
 on what else is in the batch: shards, retries and resumes cannot change, duplicate or lose a continuation.
 
 Backends: `ScriptedBackend` (a function, for exact tests and simulations), `TransformersBackend`
-(`bis_prm.annotation.transformers_backend`) and `VLLMBackend` (`bis_prm.annotation.vllm_backend`).
+(`bis_prm.annotation.transformers_backend`), `VLLMBackend` (`bis_prm.annotation.vllm_backend`) and
+`VLLMServerBackend` (`bis_prm.annotation.vllm_server_backend`, a running vLLM server).
 """
 
 from __future__ import annotations

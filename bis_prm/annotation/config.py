@@ -13,7 +13,7 @@ from .estimators import ESTIMATORS
 __all__ = ["DEFAULT_INSTRUCTION", "AnnotateConfig"]
 
 DEFAULT_INSTRUCTION = "Answer step by step, separating the steps with a blank line, and end with 'The answer is X.'"
-BACKENDS = ("transformers", "vllm", "scripted")
+BACKENDS = ("transformers", "vllm", "vllm-server", "scripted")
 # fields that change what is written: a resume with a different value is refused (the others only change speed)
 _OUTPUT_FIELDS = (
     "questions",
@@ -61,7 +61,9 @@ class AnnotateConfig:
         policy (`str`, *optional*, defaults to `""`):
             The policy model (a local path or a Hub id), recorded in every row as `policy_model`.
         backend (`str`, *optional*, defaults to `"transformers"`):
-            `"transformers"` (`model.generate`, CPU and small GPUs), `"vllm"` or `"scripted"` (tests).
+            `"transformers"` (`model.generate`, CPU and small GPUs), `"vllm"` (offline `LLM.generate`: an environment
+            with both vLLM and bis_prm), `"vllm-server"` (a running vLLM server at `vllm_url`) or `"scripted"`
+            (tests).
         instruction (`str`, *optional*, defaults to `DEFAULT_INSTRUCTION`):
             Appended to each question (on a new line) in the prompt the policy sees.
         num_rollouts (`int`, *optional*, defaults to `4`):
@@ -97,6 +99,8 @@ class AnnotateConfig:
         tensor_parallel_size (`int`, *optional*, defaults to `1`) and data_parallel_size (`int`, *optional*,
             defaults to `1`): vLLM's parallelism.
         device (`str`, *optional*): The transformers backend's device (default: CUDA when available).
+        vllm_url (`str`, *optional*): The vllm-server backend's server, e.g. `"http://127.0.0.1:8000"`.
+        vllm_api_key (`str`, *optional*): Its `--api-key` (never written to the corpus).
         progress (`bool`, *optional*, defaults to `True`): Show progress bars.
     """
 
@@ -106,7 +110,7 @@ class AnnotateConfig:
     image_root: str | None = field(default=None, metadata={"help": "Folder image paths are relative to."})
     max_questions: int | None = field(default=None, metadata={"help": "Annotate only the first questions."})
     policy: str = field(default="", metadata={"help": "Policy model: a local path or a Hub id."})
-    backend: str = field(default="transformers", metadata={"help": "transformers, vllm or scripted."})
+    backend: str = field(default="transformers", metadata={"help": "transformers, vllm, vllm-server or scripted."})
     instruction: str = field(default=DEFAULT_INSTRUCTION, metadata={"help": "Appended to each question."})
     num_rollouts: int = field(default=4, metadata={"help": "Responses sampled per question (N)."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature."})
@@ -125,11 +129,15 @@ class AnnotateConfig:
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size."})
     data_parallel_size: int = field(default=1, metadata={"help": "vLLM data parallel size."})
     device: str | None = field(default=None, metadata={"help": "transformers backend device."})
+    vllm_url: str | None = field(default=None, metadata={"help": "vllm-server backend: the server's URL."})
+    vllm_api_key: str | None = field(default=None, metadata={"help": "vllm-server backend: the server's API key."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}.")
+        if self.backend == "vllm-server" and not self.vllm_url:
+            raise ValueError("the vllm-server backend needs the server's URL (--vllm-url http://HOST:PORT).")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {list(ESTIMATORS)}, got {self.estimator!r}.")
         for name in ("num_rollouts", "num_mc", "max_new_tokens", "max_steps", "batch_size", "initial_mc"):

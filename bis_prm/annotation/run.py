@@ -77,6 +77,17 @@ def make_backend(config: AnnotateConfig) -> GenerationBackend:
             data_parallel_size=config.data_parallel_size,
             separator=config.separator,
         )
+    if config.backend == "vllm-server":
+        from .vllm_server_backend import VLLMServerBackend
+
+        return VLLMServerBackend(
+            config.vllm_url,
+            config.policy,
+            api_key=config.vllm_api_key,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            separator=config.separator,
+        )
     raise ValueError("the scripted backend is a Python object: pass it to run_annotation(config, backend=...)")
 
 

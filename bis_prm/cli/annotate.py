@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from bis_prm.cli import CommandError, check_hub_write_access, hub_repo_id, positive_int, probability, writable_dir
@@ -20,6 +21,8 @@ are scored as they are. Text-only corpora: select with `bis-prm select --layout 
 Examples:
   bis-prm annotate --questions questions.jsonl --policy Qwen/Qwen2.5-7B-Instruct --backend vllm \\
       --num-rollouts 4 --num-mc 16 --output-dir my-corpus
+  bis-prm annotate --questions questions.jsonl --policy Qwen/Qwen2.5-7B-Instruct --backend vllm-server \\
+      --vllm-url http://127.0.0.1:8000 --output-dir my-corpus
   bis-prm annotate --questions questions.jsonl --policy Qwen/Qwen2.5-0.5B-Instruct --dry-run --output-dir x
   bis-prm annotate --questions questions.jsonl --policy ./policy --estimator adaptive --output-dir my-corpus
 """
@@ -45,7 +48,13 @@ def add_parser(subparsers, name: str, help: str) -> None:
     parser.add_argument("--max-questions", type=positive_int, help="Annotate only the first questions.")
     parser.add_argument("--output-dir", required=True, type=writable_dir, help="The corpus directory.")
     parser.add_argument("--policy", default="", help="Policy model: a local path or a Hub id.")
-    parser.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
+    parser.add_argument("--backend", choices=("transformers", "vllm", "vllm-server"), default="transformers")
+    parser.add_argument(
+        "--vllm-url", help="--backend vllm-server: the running vLLM server (e.g. http://127.0.0.1:8000)."
+    )
+    parser.add_argument(
+        "--vllm-api-key", help="--backend vllm-server: the server's --api-key (default: $VLLM_API_KEY)."
+    )
     parser.add_argument("--instruction", help="Appended to each question in the prompt (default: step by step).")
     parser.add_argument("--num-rollouts", type=positive_int, default=4, help="Responses per question (default: 4).")
     parser.add_argument("--num-mc", type=positive_int, default=16, help="Continuations per step (default: 16).")
@@ -122,6 +131,8 @@ def _config(args):
             tensor_parallel_size=args.tensor_parallel_size,
             data_parallel_size=args.data_parallel_size,
             device=args.device,
+            vllm_url=args.vllm_url,
+            vllm_api_key=args.vllm_api_key or os.environ.get("VLLM_API_KEY"),
             progress=not args.no_progress,
         )
     except ValueError as error:
@@ -133,6 +144,7 @@ def run(args) -> int:
     from bis_prm.annotation.run import load_questions, run_annotation
     from bis_prm.annotation.store import ConfigMismatchError
     from bis_prm.annotation.verify import AnswerChecker
+    from bis_prm.annotation.vllm_server_backend import VLLMServerError
 
     config = _config(args)
     if not args.policy:
@@ -165,7 +177,7 @@ def run(args) -> int:
         return 0
     try:
         result = run_annotation(config, ray_workers=args.ray_workers)
-    except (ConfigMismatchError, FileNotFoundError) as error:
+    except (ConfigMismatchError, FileNotFoundError, VLLMServerError) as error:
         raise CommandError(str(error)) from None
     print(f"Wrote {sum(result.rows.values())} rollouts to {result.annotations_dir} ({result.rows})")
     if result.skipped.total():
