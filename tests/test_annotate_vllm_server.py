@@ -4,8 +4,6 @@ layout, seeded requests make a rerun byte-identical, and the counted tokens are 
 serves the module."""
 
 import json
-import subprocess
-import time
 
 import httpx
 import pytest
@@ -16,7 +14,7 @@ from bis_prm.data.visualprm400k import load_visualprm400k
 from bis_prm.serving.vllm import CPU_ARGS
 from bis_prm.testing import make_tiny_lm
 
-from .test_vllm import STARTUP_TIMEOUT_S, VLLM_PYTHON, _free_port, _stop, _vllm_missing
+from .test_vllm import VLLM_PYTHON, _free_port, _vllm_missing, running_vllm
 
 ROWS = [
     {"question": "What is 3 + 4?", "answer": "7"},
@@ -62,25 +60,8 @@ def server(policy, tmp_path_factory):
         *CPU_ARGS,
     ]
     log = tmp_path_factory.mktemp("vllm-log") / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vLLM exited with {process.returncode} while starting:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM did not start in {STARTUP_TIMEOUT_S:.0f} s:\n{log.read_text()[-4000:]}")
-            time.sleep(1)
+    with running_vllm(command, port, log) as (url, _):
         yield url
-    finally:
-        _stop(process)
 
 
 def _server_counts(url: str) -> dict[str, float]:

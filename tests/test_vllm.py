@@ -3,6 +3,7 @@
 PRM saved by bis_prm, answers `/pooling` with the step probabilities of `score_steps`; `VLLMScorer` returns what
 `StepScorer.score_rows` returns. One server serves every test of the module."""
 
+import contextlib
 import json
 import os
 import shlex
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -93,16 +95,10 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def vllm_server(text_prm, tmp_path_factory):
-    """`vllm_serve_command` for the PRM, run on 127.0.0.1 until the module's tests are done: (url, command, log)."""
-    missing = _vllm_missing()
-    if missing:
-        pytest.skip(missing)
-    path, _, _ = text_prm
-    port = _free_port()
-    command = vllm_serve_command(path, python=str(VLLM_PYTHON), host="127.0.0.1", port=port, extra_args=CPU_ARGS)
-    log = tmp_path_factory.mktemp("vllm-log") / "server.log"
+@contextlib.contextmanager
+def running_vllm(command: list[str], port: int, log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run a vLLM server `command` listening on 127.0.0.1:`port` (its output in `log`) until the block ends:
+    `(url, process)` once `/health` answers; the test fails with the log's tail if it exits or never answers."""
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -119,9 +115,23 @@ def vllm_server(text_prm, tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"vLLM did not start in {STARTUP_TIMEOUT_S:.0f} s:\n{log.read_text()[-4000:]}")
             time.sleep(1)
-        yield url, process, log
+        yield url, process
     finally:
         _stop(process)
+
+
+@pytest.fixture(scope="module")
+def vllm_server(text_prm, tmp_path_factory):
+    """`vllm_serve_command` for the PRM, run on 127.0.0.1 until the module's tests are done: (url, command, log)."""
+    missing = _vllm_missing()
+    if missing:
+        pytest.skip(missing)
+    path, _, _ = text_prm
+    port = _free_port()
+    command = vllm_serve_command(path, python=str(VLLM_PYTHON), host="127.0.0.1", port=port, extra_args=CPU_ARGS)
+    log = tmp_path_factory.mktemp("vllm-log") / "server.log"
+    with running_vllm(command, port, log) as (url, process):
+        yield url, process, log
 
 
 # ---- the serve command (no vLLM needed) ----
