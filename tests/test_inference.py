@@ -133,3 +133,34 @@ def test_loader_workers_give_the_same_scores(prm):
     without = score_steps(model, processor, examples, batch_size=2)
     with_workers = score_steps(model, processor, examples, batch_size=2, num_workers=2)
     assert with_workers == without
+
+
+def test_score_rows_renders_a_call_that_fits_once_and_plans_one_that_does_not(prm, monkeypatch):
+    from bis_prm.model.inference import StepScorer
+    from bis_prm.model.processing_prm import ExampleError
+
+    model, processor = prm
+    rows = [*rollouts(), {"question": "q", "steps": []}]
+    planned = [None] * len(rows)
+    reference = StepScorer(model, processor, max_batch_size=2)
+    for row, scores, failure in reference.iter_scores(rows, reference.plan(rows)):
+        planned[row] = scores if failure is None else failure[0]
+
+    scorer = StepScorer(model, processor, max_batch_size=len(rows), max_batch_tokens=100_000)
+    renders, render = [], scorer.collator.render
+    monkeypatch.setattr(scorer.collator, "render", lambda example, index=0: renders.append(index) or render(example))
+    monkeypatch.setattr(scorer, "lengths", lambda examples: pytest.fail("a call that fits was planned"))
+    once = scorer.score_rows(rows)
+    assert sorted(renders) == list(range(len(rows))) and scorer.stats.batches == 1
+    assert isinstance(once[-1], ExampleError) and once[-1].reason == planned[-1] == "no_steps"
+    for got, want in zip(once[:-1], planned[:-1], strict=True):
+        assert got == pytest.approx(want, abs=1e-5)
+
+    # over the token budget: planned as before, into batches within it
+    monkeypatch.undo()
+    tight = StepScorer(model, processor, max_batch_size=len(rows), max_batch_tokens=max(reference.lengths(rows)))
+    split = tight.score_rows(rows)
+    with_steps = [batch for batch in tight.plan(rows) if set(batch) != {len(rows) - 1}]
+    assert len(with_steps) >= 2 and tight.stats.batches == len(with_steps) and split[-1].reason == "no_steps"
+    for got, want in zip(split[:-1], planned[:-1], strict=True):
+        assert got == pytest.approx(want, abs=1e-5)

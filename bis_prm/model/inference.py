@@ -8,8 +8,9 @@ with its reason by [`StepScorer`]; [`score_steps`] raises on it.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -312,7 +313,6 @@ class StepScorerBase:
         lengths = self.lengths(examples) if lengths is None else lengths
         return plan_batches(lengths, self.max_batch_size, self.max_batch_tokens)
 
-    @torch.no_grad()
     def iter_scores(
         self, examples: Sequence[dict[str, Any]], batches: Sequence[Sequence[int]], progress: bool = False
     ) -> Iterator[tuple[int, list[float] | None, tuple[str, str] | None]]:
@@ -331,11 +331,18 @@ class StepScorerBase:
             from tqdm.auto import tqdm
 
             loader = tqdm(loader, desc="Scoring steps", unit="batch")
+        return self._score_rendered(loader)
+
+    @torch.no_grad()
+    def _score_rendered(
+        self, items: Iterable[dict[str, Any]]
+    ) -> Iterator[tuple[int, list[float] | None, tuple[str, str] | None]]:
+        """What `iter_scores` yields, for batches rendered by `_RenderedBatches`."""
         was_training = self.model.training
         self.model.eval()
         try:
             waited = time.perf_counter()
-            for item in loader:
+            for item in items:
                 self.stats.seconds_waiting_for_data += time.perf_counter() - waited
                 for row, reason, message in item["failures"]:
                     yield row, None, (reason, message)
@@ -351,11 +358,28 @@ class StepScorerBase:
         Score rollouts in this scorer's token-budget batches: per rollout, in input order, its step scores or the
         [`~bis_prm.model.processing_prm.ExampleError`] that kept it from being scored (one bad rollout never stops
         the others). The in-process backend of the RL rewards and of `bis-prm serve`.
+
+        A call of at most `max_batch_size` rollouts (a server's merged requests, an RL step's completions) is
+        rendered once as one batch, and planned only if that batch exceeds `max_batch_tokens`: counting its tokens
+        first would tokenize every rollout twice.
         """
+        outcomes = None
+        if len(examples) <= self.max_batch_size:
+            item = _RenderedBatches(examples, [range(len(examples))], self)[0]
+            if item["batch"] is None or self._fits(item["batch"]):
+                outcomes = self._score_rendered([item])
+        if outcomes is None:
+            outcomes = self.iter_scores(examples, self.plan(examples))
         results: list[list[float] | ExampleError] = [None] * len(examples)  # type: ignore[list-item]
-        for row, scores, failure in self.iter_scores(examples, self.plan(examples)):
+        for row, scores, failure in outcomes:
             results[row] = scores if failure is None else ExampleError(failure[0], failure[1])
         return results
+
+    def _fits(self, batch: dict[str, torch.Tensor]) -> bool:
+        """Whether a padded batch is within `max_batch_tokens` (the cost [`plan_batches`] counts); one rollout always
+        is (a longer one gets a batch of its own)."""
+        input_ids = batch["input_ids"]
+        return self.max_batch_tokens is None or len(input_ids) == 1 or input_ids.numel() <= self.max_batch_tokens
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> list[list[float]]:
         step_mask = batch.pop("step_mask")
@@ -530,7 +554,14 @@ def aggregate_scores(step_scores: Sequence[float], method: str = "mean") -> floa
         raise ValueError(f"Unknown aggregation {method!r}; choose one of {AGGREGATIONS}.")
     if len(step_scores) == 0:
         raise ValueError("Cannot aggregate a rollout without step scores.")
-    return float(aggregate_many([step_scores], method)[0])
+    # plain Python: a server aggregates one rollout per request, and a dozen tensor ops cost more than the sum
+    if method == "mean":
+        return sum(step_scores) / len(step_scores)
+    if method == "min":
+        return float(min(step_scores))
+    if method == "prod":
+        return float(math.prod(step_scores))
+    return float(step_scores[-1])
 
 
 def aggregate_many(step_scores: Sequence[Sequence[float]], method: str = "mean") -> torch.Tensor:
