@@ -375,6 +375,25 @@ def test_engine_caps_calls_and_survives_a_failing_backend():
     assert engines[1].stats.rows_failed == 1 and engines[0].stats.requests_finished == 2
 
 
+def test_a_backend_takes_its_next_rows_while_the_event_loop_is_busy():
+    # under load the loop answers many requests between two backend calls; the backend must not wait for it
+    engine = BatchingEngine([_SlowBackend(0.02)], max_batch_size=1)
+
+    async def run():
+        await engine.start()
+        pending = asyncio.gather(*(engine.score([{"question": str(i), "steps": ["ab"]}]) for i in range(4)))
+        await asyncio.sleep(0)  # the four requests are queued
+        time.sleep(0.5)  # the loop is busy elsewhere: no await for half a second
+        calls_while_busy = len(engine.backends[0].calls)
+        answers = await pending
+        await engine.close()
+        return calls_while_busy, answers
+
+    calls_while_busy, answers = asyncio.run(run())
+    assert calls_while_busy == 4 and answers == [[[0.02]]] * 4
+    assert engine.stats.backend_calls == 4 and engine.stats.largest_call == 1
+
+
 def test_endpoint_classes_without_http():
     engine = BatchingEngine([_SlowBackend(0.0)])
     steps = ServingStepScores(engine, RewardConfig(aggregation="mean", separator="||", max_steps=2))

@@ -1,10 +1,11 @@
 """The batching engine of `bis-prm serve`: rows of concurrent requests merged into one backend call.
 
-Every request's rows join one FIFO queue. Each backend has a worker that, whenever it is free, takes the rows
-waiting at the head of the queue, up to `max_batch_size`, and scores them with one `score_rows` call on a thread of
-its own. While a backend computes, new requests queue up, so the next call is larger: throughput grows with
-concurrency without any waiting timer. With several backends (vLLM replicas) a free worker takes the next rows, so
-the load goes to whichever replica is free first.
+Every request's rows join one FIFO queue. Each backend has a thread of its own that, whenever it is free, takes the
+rows waiting at the head of the queue, up to `max_batch_size`, and scores them with one `score_rows` call. While a
+backend computes, new requests queue up, so the next call is larger: throughput grows with concurrency without any
+waiting timer. The thread takes its next rows as soon as a call ends, not when the event loop gets round to it: under
+load the loop has many requests to answer, and a backend that waited for it would idle. With several backends (vLLM
+replicas) a free thread takes the next rows, so the load goes to whichever replica is free first.
 
 The token budget is the backend's: a [`~bis_prm.model.inference.StepScorer`] splits a call into forward passes of
 at most `max_batch_tokens` (padding included, exact token counts), and vLLM schedules its own batches
@@ -20,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -75,7 +76,7 @@ class BatchingEngine:
 
     Args:
         backends (`Sequence[ScoringBackend]`):
-            One or more objects with `score_rows`; each gets a worker and a thread.
+            One or more objects with `score_rows`; each gets a thread.
         max_batch_size (`int`, *optional*, defaults to `16`):
             Most rows per backend call; `1` scores one row at a time (no batching).
 
@@ -102,89 +103,102 @@ class BatchingEngine:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}.")
         self.backends, self.max_batch_size = list(backends), max_batch_size
         self.stats = EngineStats(calls_per_backend=[0] * len(self.backends))
+        # the queue is shared with the backend threads; everything else belongs to the event loop
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._wakeup: asyncio.Condition | None = None
-        self._workers: list[asyncio.Task] = []
-        self._threads = [ThreadPoolExecutor(1, thread_name_prefix=f"bis-prm-backend-{i}") for i in self.backends]
-        self._in_flight = 0
+        self._ready = threading.Condition()
+        self._closing = False
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unfinished = 0
+        self._idle: asyncio.Event | None = None
 
     async def start(self) -> None:
-        """Start one worker per backend on the running event loop."""
-        self._wakeup = asyncio.Condition()
-        self._workers = [asyncio.create_task(self._work(index)) for index in range(len(self.backends))]
+        """Start one thread per backend, answering on the running event loop."""
+        self._loop, self._idle = asyncio.get_running_loop(), asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self._threads = [
+            threading.Thread(target=self._serve, args=(index,), name=f"bis-prm-backend-{index}", daemon=True)
+            for index in range(len(self.backends))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def score(self, rows: Sequence[dict[str, Any]]) -> list[RowResult]:
         """Score `rows` (merged with other requests' rows); per row, in order, its step scores or its error."""
-        if self._wakeup is None:
+        if self._loop is None:
             raise RuntimeError("BatchingEngine.start() was not called.")
-        loop = asyncio.get_running_loop()
         self.stats.requests_accepted += 1
         self.stats.rows_accepted += len(rows)
         if not rows:
             self.stats.requests_finished += 1
             return []
         results: list[RowResult | None] = [None] * len(rows)
-        futures = []
-        async with self._wakeup:
-            for position, row in enumerate(rows):
-                future = loop.create_future()
-                self._queue.append(_Pending(row, results, position, future))
-                futures.append(future)
-            self._wakeup.notify_all()
+        futures = [self._loop.create_future() for _ in rows]
+        self._unfinished += len(rows)
+        self._idle.clear()
+        with self._ready:
+            self._queue.extend(
+                _Pending(row, results, position, future)
+                for position, (row, future) in enumerate(zip(rows, futures, strict=True))
+            )
+            self._ready.notify()
         try:
-            await asyncio.gather(*futures)
+            for future in futures:  # each is set once its row is scored; cheaper than gathering them
+                await future
         finally:
             self.stats.requests_finished += 1
         return results  # type: ignore[return-value]
 
-    def _take_batch(self) -> list[_Pending]:
-        """The rows at the head of the queue, `max_batch_size` at most."""
-        return [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
-
-    async def _work(self, index: int) -> None:
-        loop = asyncio.get_running_loop()
+    def _serve(self, index: int) -> None:
+        """A backend's thread: take the rows at the head of the queue, score them, hand the results to the loop."""
         backend = self.backends[index]
         while True:
-            async with self._wakeup:
-                await self._wakeup.wait_for(lambda: bool(self._queue))
-                batch = self._take_batch()
-                self._in_flight += len(batch)
+            with self._ready:
+                self._ready.wait_for(lambda: self._queue or self._closing)
+                if not self._queue:
+                    return
+                batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+                if self._queue:  # more rows than this call takes: another free backend takes them
+                    self._ready.notify()
             started = time.perf_counter()
             try:
-                outcome = await loop.run_in_executor(
-                    self._threads[index], backend.score_rows, [item.row for item in batch]
-                )
+                outcome = backend.score_rows([item.row for item in batch])
                 if len(outcome) != len(batch):
                     raise RuntimeError(f"the backend returned {len(outcome)} results for {len(batch)} rows")
             except Exception as error:  # one failed call fails its rows, never the server
                 logger.exception("Backend %d failed on %d rows", index, len(batch))
                 outcome = [ExampleError("backend_error", f"the scoring backend failed: {error}")] * len(batch)
             logger.debug("Backend %d scored %d rows in %.3f s", index, len(batch), time.perf_counter() - started)
-            self.stats.backend_calls += 1
-            self.stats.calls_per_backend[index] += 1
-            self.stats.largest_call = max(self.stats.largest_call, len(batch))
-            for item, result in zip(batch, outcome, strict=True):
-                failed = isinstance(result, ExampleError)
-                self.stats.rows_failed += failed
-                self.stats.rows_scored += not failed
-                item.results[item.position] = result
-                if not item.done.done():
-                    item.done.set_result(None)
-            async with self._wakeup:
-                self._in_flight -= len(batch)
-                self._wakeup.notify_all()
+            self._loop.call_soon_threadsafe(self._deliver, index, batch, outcome)
+
+    def _deliver(self, index: int, batch: list[_Pending], outcome: list[RowResult]) -> None:
+        """On the event loop: a backend call's results to their requests."""
+        self.stats.backend_calls += 1
+        self.stats.calls_per_backend[index] += 1
+        self.stats.largest_call = max(self.stats.largest_call, len(batch))
+        for item, result in zip(batch, outcome, strict=True):
+            failed = isinstance(result, ExampleError)
+            self.stats.rows_failed += failed
+            self.stats.rows_scored += not failed
+            item.results[item.position] = result
+            if not item.done.done():  # a request whose client left was cancelled
+                item.done.set_result(None)
+        self._unfinished -= len(batch)
+        if not self._unfinished:
+            self._idle.set()
 
     async def drain(self) -> None:
         """Wait until every accepted row is scored."""
-        async with self._wakeup:
-            await self._wakeup.wait_for(lambda: not self._queue and not self._in_flight)
+        await self._idle.wait()
 
     async def close(self) -> None:
-        """Finish every accepted row, then stop the workers and their threads."""
-        if self._wakeup is not None:
-            await self.drain()
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        """Finish every accepted row, then stop the backend threads."""
+        if self._loop is None:
+            return
+        await self.drain()
+        with self._ready:
+            self._closing = True
+            self._ready.notify_all()
         for thread in self._threads:
-            thread.shutdown(wait=True)
+            await asyncio.to_thread(thread.join)
