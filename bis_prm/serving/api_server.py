@@ -57,7 +57,12 @@ class _RequestGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        # only these two are read here: decoding every header of every request costs more
+        headers = {
+            key.lower().decode("latin-1"): value.decode("latin-1")
+            for key, value in scope["headers"]
+            if key.lower() in (b"authorization", b"content-length")
+        }
         if self.api_key is not None and scope["path"] not in _OPEN_PATHS:
             scheme, _, token = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), self.api_key):
