@@ -1,14 +1,21 @@
 """Benchmark `bis-prm serve` under concurrent clients: batched serving against one-request-at-a-time serving.
 
-Two `bis-prm serve` processes on 127.0.0.1 serve the same tiny random text PRM, one after the other: the batched
-server (`--max-batch-size 32`) and the baseline (`--max-batch-size 1`: every row is its own model call, what a
-server without batching does). N clients (asyncio and aiohttp, as OpenRLHF's) each send OpenRLHF-shaped
-`/get_reward` requests of one query, as OpenRLHF does, one after the other, until the request count or the time
-limit is reached. The script prints throughput, p50/p99 latency per server and the throughput ratio, and fails if
-any request was lost, refused or answered with a row error. Goal: >= 4x at 32 concurrent clients.
+Two `bis-prm serve` processes on 127.0.0.1 serve the same tiny random text PRM: the batched server
+(`--max-batch-size 32`) and the baseline (`--max-batch-size 1`: every row is its own model call, what a server
+without batching does). They are loaded in alternation, `--rounds` times each, and the median round of each is shown,
+so that a drift of a shared machine's speed hits both alike. N clients (asyncio and aiohttp, as OpenRLHF's) each
+send OpenRLHF-shaped `/get_reward` requests of one query, as OpenRLHF does, one after the other, until the request
+count or the time limit is reached. The script prints throughput, p50/p99 latency per server and the throughput
+ratio, and fails if any request was lost, refused or answered with a row error. Goal: >= 4x at 32 concurrent clients.
 
-    python -m benchmarks.bench_serve                                  # 32 clients, 1024 requests per server
-    python -m benchmarks.bench_serve --clients 8 --requests 200       # quick check
+It also prints the ceiling of that ratio, measured in the same run once the servers have stopped: the model's own
+gain from batching, in this process on one thread as the servers run it, `n * t(1 row) / t(n rows)` for the same rows
+with `StepScorer.score_rows`, at `n` = the rows per call the batched server reached and at `n` = the clients. No
+server batches better than its model; the HTTP work of server and clients, which batching does not share, costs the
+rest.
+
+    python -m benchmarks.bench_serve                                  # 32 clients, 3 rounds of 4096 requests
+    python -m benchmarks.bench_serve --clients 8 --requests 200 --rounds 1   # quick check
     python -m benchmarks.bench_serve --long-steps --max-steps 8       # ~200-token rows: the model's compute dominates
 """
 
@@ -20,6 +27,7 @@ import os
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,6 +68,51 @@ def payloads(count: int, max_steps: int, long_steps: bool, seed: int = 0) -> lis
             )
         requests.append({"query": [prompt + "\n\n".join(steps)], "prompts": [prompt], "labels": [str(a + b)]})
     return requests
+
+
+def rows_of(requests: list[dict], max_steps: int) -> list[dict]:
+    """The rows the server scores for these requests (the response after the prompt, split into steps)."""
+    from bis_prm.data.steps import split_steps
+
+    return [
+        {"question": r["prompts"][0], "steps": split_steps(r["query"][0][len(r["prompts"][0]) :], max_steps=max_steps)}
+        for r in requests
+    ]
+
+
+def model_ceiling(
+    prm: Path, rows: list[dict], sizes: list[int], rounds: int, seconds: float = 1.0
+) -> dict[int, float]:
+    """`n * t(1 row) / t(n rows)` per size `n`: the model's own gain from batching, on one thread as the servers run
+    it; t(1 row) is the mean over the first `n` rows, each scored alone. The two are timed in alternation, `rounds`
+    times, and the median ratio is returned (a machine shared with other work drifts between two timings)."""
+    import torch
+
+    from bis_prm.model.inference import StepScorer
+    from bis_prm.model.modeling_prm import load_prm
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, processor = load_prm(str(prm), device_map={"": "cpu"})
+        scorer = StepScorer(model.eval(), processor, max_batch_size=max(sizes), max_batch_tokens=16384)
+
+        def per_call(calls: list[list[dict]]) -> float:
+            started, count = time.perf_counter(), 0
+            while time.perf_counter() - started < seconds:
+                for call in calls:
+                    scorer.score_rows(call)
+                count += len(calls)
+            return (time.perf_counter() - started) / count
+
+        ceilings = {}
+        for n in sizes:
+            alone, together = [[row] for row in rows[:n]], [rows[:n]]
+            per_call(alone + together)  # warm-up
+            ceilings[n] = statistics.median(n * per_call(alone) / per_call(together) for _ in range(rounds))
+        return ceilings
+    finally:
+        torch.set_num_threads(threads)
 
 
 def free_port() -> int:
@@ -126,36 +179,57 @@ async def load(url: str, requests: list[dict], clients: int, time_limit: float) 
     }
 
 
-def measure(prm: Path, max_batch_size: int, requests: list[dict], clients: int, time_limit: float) -> dict:
-    port = free_port()
-    process = start_server(prm, max_batch_size, port)
+SERVERS = {"batched (--max-batch-size 32)": 32, "one at a time (--max-batch-size 1)": 1}
+
+
+def measure(prm: Path, requests: list[dict], clients: int, time_limit: float, rounds: int) -> dict[str, list[dict]]:
+    """Both servers up at once, loaded in alternation (batched, one at a time, batched, ...) `rounds` times each, so
+    that a drift of the machine's speed hits both alike; per server, the result of every round."""
+    processes, urls = [], {}
     try:
-        url = f"http://127.0.0.1:{port}"
-        asyncio.run(load(url, requests[: 2 * clients], clients, time_limit))  # warm-up
-        return asyncio.run(load(url, requests, clients, time_limit))
+        for name, max_batch_size in SERVERS.items():
+            port = free_port()
+            processes.append(start_server(prm, max_batch_size, port))
+            urls[name] = f"http://127.0.0.1:{port}"
+        for url in urls.values():
+            asyncio.run(load(url, requests[: 2 * clients], clients, time_limit))  # warm-up
+        results = {name: [] for name in urls}
+        for _ in range(rounds):
+            for name, url in urls.items():
+                results[name].append(asyncio.run(load(url, requests, clients, time_limit)))
+        return results
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=120)
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(timeout=120)
+
+
+def median_round(results: list[dict]) -> dict:
+    return sorted(results, key=lambda r: r["throughput"])[len(results) // 2]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=1024, help="requests per server")
-    parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per server, at most")
+    parser.add_argument("--requests", type=int, default=4096, help="requests per server")
+    parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per round and server, at most")
     parser.add_argument("--max-steps", type=int, default=3, help="most steps per response")
     parser.add_argument("--long-steps", action="store_true", help="sentences instead of equations (~5x the tokens)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per server (the median is shown)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         prm = build_prm(Path(tmp))
         requests = payloads(args.requests, args.max_steps, args.long_steps)
-        results = {}
-        for name, size in [("batched (--max-batch-size 32)", 32), ("one at a time (--max-batch-size 1)", 1)]:
-            results[name] = measure(prm, size, requests, args.clients, args.time_limit)
+        rounds = measure(prm, requests, args.clients, args.time_limit, args.rounds)
+        results = {name: median_round(server_rounds) for name, server_rounds in rounds.items()}
+        reached = max(1, round(next(iter(results.values()))["rows_per_call"]))
+        ceilings = model_ceiling(prm, rows_of(requests, 12), sorted({reached, args.clients}), args.rounds)
 
     shape = f"1-{args.max_steps} {'sentence' if args.long_steps else 'equation'} steps per response"
     print(f"\n{args.clients} concurrent clients, one query per request ({shape}), loopback")
+    print(f"each server: the median of {args.rounds} rounds, the two servers loaded in alternation")
     print(f"{'server':<36} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'rows/call':>9} {'failed':>6}")
     for name, r in results.items():
         print(
@@ -163,11 +237,18 @@ def main() -> None:
             f"{r['rows_per_call']:>9.1f} {len(r['failures']):>6}"
         )
     batched, single = results.values()
-    print(f"throughput ratio batched / one at a time: {batched['throughput'] / single['throughput']:.2f}x")
-    failures = [failure for r in results.values() for failure in r["failures"]]
+    paired = [b["throughput"] / s["throughput"] for b, s in zip(*rounds.values(), strict=True)]
+    print(
+        f"throughput ratio batched / one at a time: {batched['throughput'] / single['throughput']:.2f}x "
+        f"(round by round: {', '.join(f'{ratio:.2f}x' for ratio in paired)})"
+    )
+    for n, ceiling in ceilings.items():
+        print(f"ceiling, the model alone (in-process, one thread): {n} rows a call = {ceiling:.2f}x one at a time")
+    every_round = [r for server_rounds in rounds.values() for r in server_rounds]
+    failures = [failure for r in every_round for failure in r["failures"]]
     if failures:
         raise SystemExit(f"{len(failures)} requests failed, e.g. {failures[:3]}")
-    if any(r["requests"] < len(requests) for r in results.values()):
+    if any(r["requests"] < len(requests) for r in every_round):
         print(
             "note: the time limit stopped a run before every request was sent (none was lost: all sent were answered)"
         )
