@@ -296,13 +296,16 @@ def test_auto_picks_the_scorer_from_the_config_and_asks_for_causal_lms(checkpoin
 
 def test_bis_prm_eval_scores_visualprocessbench_with_a_foreign_scorer(checkpoints, scorers, tmp_path):
     bench = write_visualprocessbench(tmp_path / "bench", rows=6, image_side=(28, 56), steps=(2, 4))
+    records = [json.loads(line) for line in (bench / "test.jsonl").read_text().splitlines()]
+    # bis_prm's step token is plain text to another scorer: the row is scored, not refused
+    records[2]["response"]["steps"][0] += " <prm>"
+    (bench / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     out = tmp_path / "out"
     args = ["eval", "--model", str(checkpoints["visualprm"]), "--benchmark", str(bench), "--output-dir", str(out)]
     assert main([*args, "--scorer", "visualprm", "--num-workers", "0", "--batch-size", "4"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["rows"] == metrics["rows_read"] == 6 and metrics["skipped"] == {}
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    records = [json.loads(line) for line in (bench / "test.jsonl").read_text().splitlines()]
     rows = [
         {
             "image": [str(bench / path) for path in r["image"]],

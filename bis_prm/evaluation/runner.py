@@ -178,12 +178,6 @@ def _workers(requested: int | None, num_processes: int) -> int:
     return min(4, len(os.sched_getaffinity(0)) // num_processes if hasattr(os, "sched_getaffinity") else 1)
 
 
-def _step_token(model: str) -> str:
-    from transformers import AutoConfig
-
-    return getattr(AutoConfig.from_pretrained(model), "step_token", "<prm>")
-
-
 def evaluate_prm(config: EvalConfig) -> dict | None:
     """
     Score a benchmark with a PRM and write its predictions, metrics, Markdown table and plots.
@@ -212,6 +206,7 @@ def evaluate_prm(config: EvalConfig) -> dict | None:
     from accelerate.utils import gather_object
 
     from bis_prm.model.inference import deal_batches, plan_batches
+    from bis_prm.model.scorers import checkpoint_step_token
 
     state = PartialState()
     adapter = adapter_for(config)
@@ -219,7 +214,8 @@ def evaluate_prm(config: EvalConfig) -> dict | None:
         raise ValueError(f'{adapter.name} takes a fixed threshold, not "auto".')
     # tune first: a bad --threshold-from file fails before the (long) scoring
     threshold, threshold_source = _choose_threshold(config, adapter)
-    benchmark = adapter.load(config, _step_token(config.model))
+    # rows are checked for the scorer's step token as they are read: a bad row is listed before the model loads
+    benchmark = adapter.load(config, checkpoint_step_token(config.model, config.scorer, config.head))
     if not benchmark.rows:
         raise _no_usable_rows(benchmark, "read", adapter.filter_name)
     if state.is_main_process:

@@ -45,6 +45,7 @@ __all__ = [
     "StepTagScorer",
     "TokenClassificationScorer",
     "VisualPRMScorer",
+    "checkpoint_step_token",
     "load_scorer",
     "model_class_for",
     "resolve_scorer",
@@ -588,6 +589,31 @@ def model_class_for(config: dict[str, Any], scorer: str, trust_remote_code: bool
     return auto_name
 
 
+def checkpoint_step_token(model: str, scorer: str = "auto", head: str | None = None) -> str | None:
+    """
+    The text a bis_prm PRM reads its step scores at (its config's `step_token`), read without loading the model, or
+    `None` for a checkpoint read by another scorer: each of those checks for its own marker (`<extra_0>`, `ки`) as
+    it renders a row, and `<prm>` is plain text to it.
+
+    Example:
+
+    ```python
+    >>> checkpoint_step_token("my-prm")  # doctest: +SKIP
+    '<prm>'
+    >>> checkpoint_step_token("Qwen/Qwen2.5-Math-PRM-7B") is None  # doctest: +SKIP
+    True
+
+    ```
+    """
+    config = _read_config(model, {})
+    return config.get("step_token", "<prm>") if _scorer_name(config, scorer, head) == "bis_prm" else None
+
+
+def _scorer_name(config: dict[str, Any], scorer: str, head: str | None) -> str:
+    # a new head makes a bis_prm PRM of any base model
+    return resolve_scorer(config, "bis_prm" if head is not None and scorer == "auto" else scorer)
+
+
 def _read_config(name_or_path, hub_kwargs: dict[str, Any]) -> dict[str, Any]:
     from transformers.utils import cached_file
 
@@ -649,7 +675,7 @@ def load_scorer(
         key: model_kwargs[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in model_kwargs
     }
     config = _read_config(model, hub_kwargs)
-    name = resolve_scorer(config, "bis_prm" if head is not None and scorer == "auto" else scorer)
+    name = _scorer_name(config, scorer, head)
     scorer_class, _, multimodal = SCORERS[name]
     accepted = set(inspect.signature(scorer_class.__init__).parameters) | set(
         inspect.signature(StepScorerBase.__init__).parameters
