@@ -5,7 +5,7 @@ import pytest
 
 from bis_prm.cli import main
 from bis_prm.evaluation.metrics import VISUALPROCESSBENCH
-from bis_prm.evaluation.metrics.publish import publish_metric
+from bis_prm.evaluation.metrics.publish import METRICS, publish_metric
 
 REPO = "me/visualprocessbench"
 
@@ -23,6 +23,21 @@ def test_dry_run_writes_the_space_files(tmp_path, capsys):
     assert capsys.readouterr().err == (
         "bis-prm publish-metric: error: argument --repo-id: expected a Hub repo id <namespace>/<name>, got 'vpb'\n"
     )
+
+
+@pytest.mark.parametrize("metric", ["visualprocessbench", "processbench", "prmbench"])
+def test_every_metric_can_be_published_and_its_space_script_loads(metric, tmp_path, capsys):
+    import evaluate
+
+    space = tmp_path / "space"
+    assert main(["publish-metric", "--repo-id", "me/pb", "--metric", metric, "--dry-run", str(space)]) == 0
+    assert f"Space files of the {metric} metric for me/pb" in capsys.readouterr().out
+    assert (space / "pb.py").read_text() == open(METRICS[metric]).read()
+    title = {"visualprocessbench": "VisualProcessBench", "processbench": "ProcessBench", "prmbench": "PRMBench"}
+    assert (space / "README.md").read_text().startswith(f"---\ntitle: {title[metric]}\n")
+    # what evaluate.load("me/pb") runs once it has fetched pb.py from the Space: the script alone, no package beside it
+    loaded = evaluate.load(str(space / "pb.py"))
+    assert loaded.name == metric and loaded.features == evaluate.load(METRICS[metric]).features
 
 
 def test_publishing_checks_the_login_before_any_work(monkeypatch, capsys):
