@@ -394,6 +394,27 @@ def test_a_backend_takes_its_next_rows_while_the_event_loop_is_busy():
     assert engine.stats.backend_calls == 4 and engine.stats.largest_call == 1
 
 
+def test_a_backend_that_exits_fails_its_rows_and_keeps_serving():
+    class Exiting(_SlowBackend):
+        def score_rows(self, rows):
+            if not self.calls:
+                self.calls.append("exit")
+                raise SystemExit(3)
+            return super().score_rows(rows)
+
+    engine = BatchingEngine([Exiting(0.0)], max_batch_size=1)
+
+    async def run():
+        await engine.start()
+        first = await engine.score([{"question": "a", "steps": ["ab"]}])
+        second = await engine.score([{"question": "b", "steps": ["abc"]}])
+        await engine.close()
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert first[0].reason == "backend_error" and "3" in str(first[0]) and second == [[0.03]]
+
+
 def test_endpoint_classes_without_http():
     engine = BatchingEngine([_SlowBackend(0.0)])
     steps = ServingStepScores(engine, RewardConfig(aggregation="mean", separator="||", max_steps=2))

@@ -166,7 +166,9 @@ class BatchingEngine:
                 outcome = backend.score_rows([item.row for item in batch])
                 if len(outcome) != len(batch):
                     raise RuntimeError(f"the backend returned {len(outcome)} results for {len(batch)} rows")
-            except Exception as error:  # one failed call fails its rows, never the server
+            # one failed call fails its rows, never the server; BaseException too (a library's sys.exit() in a
+            # backend): a dead thread would strand every row queued behind this call
+            except BaseException as error:
                 logger.exception("Backend %d failed on %d rows", index, len(batch))
                 outcome = [ExampleError("backend_error", f"the scoring backend failed: {error}")] * len(batch)
             logger.debug("Backend %d scored %d rows in %.3f s", index, len(batch), time.perf_counter() - started)
