@@ -8,8 +8,10 @@ with its reason by [`StepScorer`]; [`score_steps`] raises on it.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +46,8 @@ __all__ = [
 
 AGGREGATIONS = ("mean", "min", "last", "prod")
 
+logger = logging.getLogger(__name__)
+
 
 def _image_sizes(example: dict[str, Any]) -> list[tuple[int, int]]:
     """`(width, height)` of the example's images: given, from PIL images, or read from the file headers."""
@@ -56,7 +60,7 @@ def _image_sizes(example: dict[str, Any]) -> list[tuple[int, int]]:
     return [image.size if isinstance(image, Image.Image) else read_image_size(image) for image in images]
 
 
-def _image_tokens(processor, sizes: list[tuple[int, int]]) -> int:
+def _image_tokens(processor, sizes: list[tuple[int, int]], prompt_format: str = "bis_prm") -> int:
     """Tokens the processor adds for these images: each one-token placeholder of the chat template becomes the
     image's tokens."""
     if not sizes:
@@ -64,9 +68,34 @@ def _image_tokens(processor, sizes: list[tuple[int, int]]) -> int:
     try:
         # the processors' own count of tokens per image size (the API vLLM uses), no image decoded
         counts = processor._get_num_multimodal_tokens(image_sizes=[[height, width] for width, height in sizes])
-        return int(sum(counts.num_image_tokens)) - len(sizes)
+        return int(sum(counts.num_image_tokens)) + len(sizes) * _tokens_beside_each_image(processor, prompt_format)
     except (AttributeError, TypeError, ValueError, KeyError):  # a processor without it: the text alone orders rows
         return 0
+
+
+_BESIDE_EACH_IMAGE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tokens_beside_each_image(processor, prompt_format: str) -> int:
+    """
+    What one image adds to the model input beyond the processor's `_get_num_multimodal_tokens` count, less the
+    placeholder it replaces: measured once per processor and format on a small blank image, since what that count
+    covers differs between processors and versions (InternVL's counts its `<img>` and `</img>` in transformers 5.24,
+    not in 5.25).
+    """
+    per_format = _BESIDE_EACH_IMAGE.setdefault(processor, {})
+    if prompt_format not in per_format:
+        side = 64
+        try:
+            text = chat_text(processor, "x", 1, prompt_format)
+            inputs = processor(text=[text], images=[Image.new("RGB", (side, side))], add_special_tokens=False)
+            text_only = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+            counted = processor._get_num_multimodal_tokens(image_sizes=[[side, side]]).num_image_tokens[0]
+            per_format[prompt_format] = len(inputs["input_ids"][0]) - len(text_only) - int(counted)
+        except Exception as error:  # the counts only plan batches: fall back to "the placeholder becomes the count"
+            logger.warning("Could not measure the tokens of an image with %s (%s)", type(processor).__name__, error)
+            per_format[prompt_format] = -1
+    return per_format[prompt_format]
 
 
 def rollout_token_counts(
@@ -104,7 +133,7 @@ def rollout_token_counts(
             image_tokens.append(0)
             continue
         texts.append(chat_text(processor, prompt, len(sizes), prompt_format))
-        image_tokens.append(_image_tokens(processor, sizes))
+        image_tokens.append(_image_tokens(processor, sizes, prompt_format))
     tokenizer = getattr(processor, "tokenizer", processor)
     renderable = [text for text in texts if text is not None]
     special = adds_special_tokens(processor, prompt_format)
