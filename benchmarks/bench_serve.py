@@ -70,14 +70,12 @@ def payloads(count: int, max_steps: int, long_steps: bool, seed: int = 0) -> lis
     return requests
 
 
-def rows_of(requests: list[dict], max_steps: int) -> list[dict]:
-    """The rows the server scores for these requests (the response after the prompt, split into steps)."""
-    from bis_prm.data.steps import split_steps
+def rows_of(requests: list[dict]) -> list[dict]:
+    """The rows the servers score for these requests (their default `RewardConfig`)."""
+    from bis_prm.serving.serving_reward import RewardConfig
 
-    return [
-        {"question": r["prompts"][0], "steps": split_steps(r["query"][0][len(r["prompts"][0]) :], max_steps=max_steps)}
-        for r in requests
-    ]
+    config = RewardConfig()
+    return [config.row(r["query"][0], r["prompts"][0]) for r in requests]
 
 
 def model_ceiling(
@@ -225,7 +223,7 @@ def main() -> None:
         rounds = measure(prm, requests, args.clients, args.time_limit, args.rounds)
         results = {name: median_round(server_rounds) for name, server_rounds in rounds.items()}
         reached = max(1, round(next(iter(results.values()))["rows_per_call"]))
-        ceilings = model_ceiling(prm, rows_of(requests, 12), sorted({reached, args.clients}), args.rounds)
+        ceilings = model_ceiling(prm, rows_of(requests), sorted({reached, args.clients}), args.rounds)
 
     shape = f"1-{args.max_steps} {'sentence' if args.long_steps else 'equation'} steps per response"
     print(f"\n{args.clients} concurrent clients, one query per request ({shape}), loopback")

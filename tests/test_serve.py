@@ -444,7 +444,7 @@ def test_endpoint_classes_without_http():
     prompt = (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n"
     )
-    row = ServingReward(ServingStepScores(engine, chat))._to_row(prompt + "3 + 4 = 7.\n\nSo 7.<|im_end|>\n", prompt)
+    row = chat.row(prompt + "3 + 4 = 7.\n\nSo 7.<|im_end|>\n", prompt)
     assert row == {"question": "What is 3 + 4?", "steps": ["3 + 4 = 7.", "So 7."], "image": None}
     assert chat.question("no chat markup") == "no chat markup"
     assert RewardConfig(strip_suffixes=("</s>", "<|im_end|>")).response("a</s> <|im_end|>\n") == "a"

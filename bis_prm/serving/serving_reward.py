@@ -1,8 +1,9 @@
 """The endpoints of `bis-prm serve`, one class each: a request model in, a response model out, no HTTP.
 
 [`ServingStepScores`] (`POST /v1/score_steps`) scores rows as they are sent. [`ServingReward`] (`POST /get_reward`,
-OpenRLHF's protocol) turns each query into a row first: the response is the query after its prompt, split into steps
-by [`~bis_prm.data.steps.split_steps`], the question is the prompt; the step scores are aggregated into the reward
+OpenRLHF's protocol) turns each query into a row first ([`RewardConfig.row`]): the response is the query after its
+prompt, split into steps by [`~bis_prm.data.steps.split_steps`], the question is the prompt (or the part of it
+`question_pattern` names); the step scores are aggregated into the reward
 by [`~bis_prm.model.inference.aggregate_scores`]. Rows go through the [`~bis_prm.serving.engine.BatchingEngine`],
 merged with the rows of every other request in flight.
 
@@ -102,6 +103,27 @@ class RewardConfig:
                     text, stripped = text[: -len(suffix)].rstrip(), True
         return text
 
+    def row(self, query: str, prompt: str) -> dict[str, Any] | ExampleError:
+        """
+        The row `/get_reward` scores for one query: the question within `prompt`, and the response
+        (`query[len(prompt):]`) split into steps; an `ExampleError` for a query that does not start with its prompt
+        (`query_without_prompt`) or a response without a step (`no_steps`).
+
+        Example:
+
+        ```python
+        >>> RewardConfig().row("Q?\\nA.\\n\\nB.", "Q?\\n")
+        {'question': 'Q?\\n', 'steps': ['A.', 'B.'], 'image': None}
+
+        ```
+        """
+        if not query.startswith(prompt):
+            return ExampleError("query_without_prompt", "the query does not start with its prompt")
+        steps = split_steps(self.response(query[len(prompt) :]), self.separator, self.max_steps)
+        if not steps:
+            return ExampleError("no_steps", "the response has no step (it is empty or only separators)")
+        return {"question": self.question(prompt), "steps": steps, "image": None}
+
 
 def _row_error(error: ExampleError | MediaError) -> RowError:
     return RowError(reason=error.reason, message=getattr(error, "detail", None) or str(error))
@@ -173,17 +195,8 @@ class ServingReward:
     def __init__(self, steps: ServingStepScores):
         self.steps, self.config = steps, steps.config
 
-    def _to_row(self, query: str, prompt: str) -> dict[str, Any] | ExampleError:
-        if not query.startswith(prompt):
-            return ExampleError("query_without_prompt", "the query does not start with its prompt")
-        response = self.config.response(query[len(prompt) :])
-        steps = split_steps(response, self.config.separator, self.config.max_steps)
-        if not steps:
-            return ExampleError("no_steps", "the response has no step (it is empty or only separators)")
-        return {"question": self.config.question(prompt), "steps": steps, "image": None}
-
     async def create_reward(self, request: RewardRequest) -> RewardResponse:
-        rows = [self._to_row(query, prompt) for query, prompt in zip(request.query, request.prompts, strict=True)]
+        rows = [self.config.row(query, prompt) for query, prompt in zip(request.query, request.prompts, strict=True)]
         results = await self.steps.score_rows(rows)
         rewards, errors, num_steps = [], [], []
         for result in results:
